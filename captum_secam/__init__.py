@@ -1,0 +1,25 @@
+"""captum-secam: region-level (SeCam) and counterfactual (CAE) explanations for Captum."""
+
+from captum_secam.regions import select_threshold, select_top_k
+from captum_secam.secam import SeCam
+from captum_secam.segmentation import (
+    relabel_sequential,
+    scores_to_mask,
+    segment,
+    segment_means,
+    validate_feature_mask,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SeCam",
+    "__version__",
+    "relabel_sequential",
+    "scores_to_mask",
+    "segment",
+    "segment_means",
+    "select_threshold",
+    "select_top_k",
+    "validate_feature_mask",
+]
