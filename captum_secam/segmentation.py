@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
@@ -198,11 +199,11 @@ def _segment_one(
     height, width = img.shape[:2]
     small = img
     if working_size is not None and max(height, width) > working_size:
-        from skimage.transform import resize
-
         scale = working_size / max(height, width)
         shape = (max(1, round(height * scale)), max(1, round(width * scale)))
-        small = resize(img, shape, order=1, anti_aliasing=True)
+        # Area averaging is an anti-aliased box filter: ~10× cheaper than skimage's resize.
+        chw = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None]
+        small = F.interpolate(chw, size=shape, mode="area")[0].permute(1, 2, 0).numpy()
     if method in _COUNTED_METHODS:
         count = _DEFAULT_N_SEGMENTS if n_segments is None else n_segments
         if method == "grid":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import matplotlib
 import pytest
 import torch
@@ -31,6 +33,15 @@ class GapLinearNet(nn.Module):
         _ = self.unused(x)
         a = self.features_out(self.conv2(self.relu1(self.conv1(x))))
         return self.fc(self.pool(a).flatten(1)) * scale
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny models: one intra-op thread is faster and robust on a shared 2-core machine."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 @pytest.fixture

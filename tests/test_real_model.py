@@ -15,6 +15,7 @@ from captum_secam.demo_model import (
     preprocess_photo,
     resize_photo,
 )
+from captum_secam.secam import DEFAULT_SEGMENTATION
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,7 @@ def test_secam_regions_carry_the_evidence(model, chelsea):
 def test_secam_default_matches_explicit_default_segmentation(model, chelsea):
     _, x = chelsea
     secam = SeCam(model, model._bn1)
-    mask = segment(x, n_segments=50, working_size=128)
+    mask = segment(x, **DEFAULT_SEGMENTATION)
     torch.testing.assert_close(
         secam.attribute(x, target=285), secam.attribute(x, target=285, feature_mask=mask)
     )

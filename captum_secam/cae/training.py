@@ -1,0 +1,415 @@
+"""Pairing / code-swap training of a :class:`ClassAssociationEmbedding` for K classes.
+
+Each step draws a batch of images ``a`` and, for every ``a``, an image ``b`` of a different class
+(the other class is drawn uniformly among the classes present). With
+``(s_a, c_a) = E(a)``, ``(s_b, c_b) = E(b)``:
+
+* reconstructions ``â = G(s_a, c_a)``, ``b̂ = G(s_b, c_b)``;
+* swaps ``x_ab = G(s_a, c_b)`` (a's individual look with b's class) and ``x_ba = G(s_b, c_a)``;
+* re-encoding ``(s_ab', c_ab') = E(x_ab)``, ``(s_ba', c_ba') = E(x_ba)``;
+* cycles ``x_aba = G(s_ab', c_a)``, ``x_bab = G(s_ba', c_b)``.
+
+Generator loss (L1 everywhere; reference weights of the authors' code)::
+
+    10·(|â−a| + |b̂−b|) + 1·(|c_ab'−c_b| + |c_ba'−c_a|) + 1·(|s_ab'−s_a| + |s_ba'−s_b|)
+    + 10·(|x_aba−a| + |x_bab−b|) + 1·adv(x_ab, x_ba) + 1·CE(D_cls(x_ab), y_b) + CE(D_cls(x_ba), y_a)
+
+Optional (weight ``code_class``, 0 in the reference): cross-entropy of a linear probe on the
+class codes, ``CE(W·c_a, y_a) + CE(W·c_b, y_b)``; it prevents the class codes from collapsing to
+a constant when training is short (the class-code reconstruction loss is trivially satisfied by
+a constant code while the decoder still ignores it).
+
+Discriminator loss: ``1·`` real/fake cross-entropy (real images vs. swaps) ``+ 2·`` class
+cross-entropy on real images. Adam, ``lr=1e-4``, ``betas=(0.5, 0.999)``.
+
+The external classifier being explained is not used in training.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from captum_secam.cae.model import ClassAssociationEmbedding
+
+__all__ = ["DEFAULT_LOSS_WEIGHTS", "TrainingHistory", "dataset_labels", "train_cae"]
+
+DEFAULT_LOSS_WEIGHTS: dict[str, float] = {
+    "recon": 10.0,
+    "class_code": 1.0,
+    "individual_code": 1.0,
+    "cycle": 10.0,
+    "adversarial": 1.0,
+    "class": 1.0,
+    "code_class": 0.0,
+    "d_real_fake": 1.0,
+    "d_class": 2.0,
+}
+
+_CKPT_NAME = "cae_training_checkpoint.pt"
+
+
+@dataclass
+class TrainingHistory:
+    """Per-step losses recorded by :func:`train_cae` (one list entry per step)."""
+
+    losses: dict[str, list[float]] = field(default_factory=dict)
+    seconds: float = 0.0
+    steps: int = 0
+
+    def mean(self, name: str, last: int | None = None) -> float:
+        """Mean of loss ``name`` over the ``last`` steps (all steps by default)."""
+        vals = self.losses[name][-last:] if last else self.losses[name]
+        return float(sum(vals) / max(len(vals), 1))
+
+
+def dataset_labels(dataset: Any) -> Tensor:
+    """Integer labels of a dataset yielding ``(image, label)``.
+
+    Uses ``dataset.targets`` / ``dataset.labels`` or the tensors of a ``TensorDataset`` when
+    available, otherwise reads every item once.
+    """
+    for attr in ("targets", "labels"):
+        lab = getattr(dataset, attr, None)
+        if lab is not None and len(lab) == len(dataset):
+            return torch.as_tensor(lab).long().flatten()
+    tensors = getattr(dataset, "tensors", None)
+    if isinstance(tensors, tuple) and len(tensors) >= 2:
+        return torch.as_tensor(tensors[1]).long().flatten()
+    return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))], dtype=torch.long)
+
+
+def _fetch(dataset: Any, idx: Tensor) -> Tensor:
+    tensors = getattr(dataset, "tensors", None)
+    if isinstance(tensors, tuple) and len(tensors) >= 1 and isinstance(tensors[0], Tensor):
+        return tensors[0][idx]
+    return torch.stack([torch.as_tensor(dataset[int(i)][0]) for i in idx])
+
+
+def _rng_state(gen: torch.Generator) -> Tensor:
+    return gen.get_state()
+
+
+def train_cae(
+    cae: ClassAssociationEmbedding,
+    dataset: Any,
+    *,
+    steps: int,
+    batch_size: int = 32,
+    lr: float = 1e-4,
+    betas: tuple[float, float] = (0.5, 0.999),
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 500,
+    resume: bool = True,
+    loss_weights: Mapping[str, float] | None = None,
+    centroid_samples: int | None = 10000,
+    labels: Sequence[int] | Tensor | None = None,
+    time_limit: float | None = None,
+) -> TrainingHistory:
+    """Train ``cae`` with the pairing / code-swap objective, then store class-code centroids.
+
+    Args:
+        cae: the model to train (modified in place, left in eval mode on ``device``).
+        dataset: a map-style dataset yielding ``(image C×H×W float in [0, 1], int label)``
+            with at least two classes; labels must be ``0..K-1``.
+        steps: total number of optimisation steps (including steps of a resumed run).
+        batch_size: images ``a`` per step (each paired with one image ``b``).
+        lr: Adam learning rate for generator and discriminator.
+        betas: Adam betas.
+        seed: seeds the pairing sampler; the same seed, data and initial weights give
+            identical weights.
+        device: where to train (default: the device of ``cae``'s parameters).
+        progress: show a tqdm bar with running losses.
+        checkpoint_dir: if given, save ``cae_training_checkpoint.pt`` (tensors only, loaded with
+            ``weights_only=True``) every ``checkpoint_every`` steps and at the end.
+        checkpoint_every: checkpoint period in steps.
+        resume: continue from the checkpoint in ``checkpoint_dir`` if present.
+        loss_weights: overrides of :data:`DEFAULT_LOSS_WEIGHTS`.
+        centroid_samples: images (first ones of a seeded permutation) used for the centroids;
+            ``None`` uses the whole dataset.
+        labels: labels of ``dataset`` if known (skips reading every item).
+        time_limit: stop early once this many seconds of training (including those of a
+            resumed run) have passed; ``history.steps`` tells how many steps ran. Runs cut by
+            the clock are not reproducible across machines.
+
+    Returns:
+        A :class:`TrainingHistory` with the per-step losses.
+
+    Example:
+        >>> ds = torch.utils.data.TensorDataset(torch.rand(64, 1, 28, 28), torch.arange(64) % 2)
+        >>> cae = ClassAssociationEmbedding(28, 1, 2, base_channels=8)
+        >>> hist = train_cae(cae, ds, steps=2, batch_size=4, progress=False)
+    """
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    weights = dict(DEFAULT_LOSS_WEIGHTS)
+    if loss_weights:
+        unknown = set(loss_weights) - set(weights)
+        if unknown:
+            raise ValueError(f"unknown loss weights {sorted(unknown)}; known: {sorted(weights)}.")
+        weights.update({k: float(v) for k, v in loss_weights.items()})
+    n = len(dataset)
+    if n < 2:
+        raise ValueError("dataset must hold at least two images of two different classes.")
+    lab = (
+        torch.as_tensor(labels).long().flatten() if labels is not None else dataset_labels(dataset)
+    )
+    if lab.numel() != n:
+        raise ValueError(f"labels has {lab.numel()} entries but the dataset has {n} items.")
+    present = torch.unique(lab)
+    if present.numel() < 2:
+        raise ValueError(
+            f"dataset has only class {present.tolist()}; CAE training pairs images of two "
+            "different classes, so it needs at least two classes."
+        )
+    if int(lab.min()) < 0 or int(lab.max()) >= cae.num_classes:
+        raise ValueError(
+            f"labels must be in 0..{cae.num_classes - 1} (the CAE's num_classes), got "
+            f"{int(lab.min())}..{int(lab.max())}."
+        )
+    sample = _fetch(dataset, torch.tensor([0]))
+    cae.check_images(sample, "dataset images")
+
+    dev = torch.device(device) if device is not None else next(cae.parameters()).device
+    cae.to(dev)
+    cae.train()
+    by_class = {int(k): torch.nonzero(lab == k).flatten() for k in present}
+    classes = present.clone()
+
+    opt_g = torch.optim.Adam(cae.generator_parameters(), lr=lr, betas=betas)
+    opt_d = torch.optim.Adam(cae.discriminator.parameters(), lr=lr, betas=betas)
+    gen = torch.Generator().manual_seed(seed)
+    history = TrainingHistory()
+    start = 0
+    ckpt_path = Path(checkpoint_dir) / _CKPT_NAME if checkpoint_dir is not None else None
+    if ckpt_path is not None and resume and ckpt_path.is_file():
+        start = _load_checkpoint(ckpt_path, cae, opt_g, opt_d, gen, history, dev)
+
+    def save_ckpt(step: int) -> None:
+        if ckpt_path is None:
+            return
+        ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = ckpt_path.with_suffix(".tmp")
+        torch.save(
+            {
+                "model": cae.state_dict(),
+                "opt_g": opt_g.state_dict(),
+                "opt_d": opt_d.state_dict(),
+                "rng": _rng_state(gen),
+                "step": torch.tensor(step),
+                "seconds": torch.tensor(history.seconds),
+                "history": json.dumps(history.losses),
+            },
+            tmp,
+        )
+        tmp.replace(ckpt_path)
+
+    bar: Any = None
+    if progress and steps > start:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, initial=start, desc="CAE training", dynamic_ncols=True)
+    running: dict[str, float] = {}
+    t0 = time.perf_counter()
+    seconds0 = history.seconds
+    try:
+        for step in range(start, steps):
+            idx_a = torch.randint(0, n, (batch_size,), generator=gen)
+            ya = lab[idx_a]
+            # other class: uniform among present classes != ya
+            pos = torch.searchsorted(classes, ya)
+            shift = torch.randint(1, classes.numel(), (batch_size,), generator=gen)
+            yb = classes[(pos + shift) % classes.numel()]
+            u = torch.rand(batch_size, generator=gen)
+            idx_b = torch.stack(
+                [
+                    by_class[int(k)][int(ui * by_class[int(k)].numel())]
+                    for k, ui in zip(yb, u, strict=True)
+                ]
+            )
+            xa = _fetch(dataset, idx_a).to(dev, torch.float32)
+            xb = _fetch(dataset, idx_b).to(dev, torch.float32)
+            ya_d, yb_d = ya.to(dev), yb.to(dev)
+            losses = _train_step(cae, xa, xb, ya_d, yb_d, opt_g, opt_d, weights)
+            for k, v in losses.items():
+                history.losses.setdefault(k, []).append(v)
+                running[k] = v if k not in running else 0.95 * running[k] + 0.05 * v
+            history.steps = step + 1
+            history.seconds = seconds0 + time.perf_counter() - t0
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(
+                    {k: f"{running[k]:.3f}" for k in ("g_total", "recon", "class", "d_total")}
+                )
+            if ckpt_path is not None and (step + 1) % checkpoint_every == 0:
+                save_ckpt(step + 1)
+            if time_limit is not None and history.seconds >= time_limit:
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    if ckpt_path is not None and history.steps > start:
+        save_ckpt(history.steps)
+    cae.zero_grad(set_to_none=True)
+
+    # centroids of the class codes
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1))
+    if centroid_samples is not None:
+        order = order[:centroid_samples]
+        # make sure every present class is represented
+        for cls_id, idx in by_class.items():
+            if not bool((lab[order] == cls_id).any()):
+                order = torch.cat([order, idx[:1]])
+    cae.eval()
+    codes = []
+    with torch.no_grad():
+        for i in range(0, order.numel(), 256):
+            xb_ = _fetch(dataset, order[i : i + 256]).to(dev, torch.float32)
+            codes.append(cae.encode_class(xb_).cpu())
+    all_codes = torch.cat(codes)
+    lab_o = lab[order]
+    cents = torch.zeros(cae.num_classes, cae.class_code_dim)
+    missing: list[int] = []
+    for cls_id in range(cae.num_classes):
+        sel = lab_o == cls_id
+        if bool(sel.any()):
+            cents[cls_id] = all_codes[sel].mean(0)
+        else:
+            missing.append(cls_id)
+    if missing:
+        import warnings
+
+        warnings.warn(
+            f"classes {missing} have no training images; their centroids are set to the overall "
+            "mean class code and should not be used as counterfactual targets.",
+            stacklevel=2,
+        )
+        cents[missing] = all_codes.mean(0)
+    cae.set_centroids(cents)
+    cae.training_info = {
+        "steps": history.steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "betas": list(betas),
+        "seed": seed,
+        "loss_weights": weights,
+        "seconds": round(history.seconds, 2),
+        "time_limit": time_limit,
+        "device": str(dev),
+        "final_losses": {k: round(history.mean(k, last=100), 5) for k in history.losses},
+    }
+    return history
+
+
+def _train_step(
+    cae: ClassAssociationEmbedding,
+    xa: Tensor,
+    xb: Tensor,
+    ya: Tensor,
+    yb: Tensor,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    w: Mapping[str, float],
+) -> dict[str, float]:
+    n = xa.shape[0]
+    real = torch.ones(n, dtype=torch.long, device=xa.device)
+    fake = torch.zeros(n, dtype=torch.long, device=xa.device)
+    # ---------------- generator (encoders + decoder)
+    x = torch.cat([xa, xb])
+    s, c = cae.encode(x)
+    s_a, s_b = s[:n], s[n:]
+    c_a, c_b = c[:n], c[n:]
+    rec = cae.decode(s, c)
+    x_ab = cae.decode(s_a, c_b)  # a's individual code, b's class
+    x_ba = cae.decode(s_b, c_a)
+    swaps = torch.cat([x_ab, x_ba])
+    s2, c2 = cae.encode(swaps)
+    cyc = cae.decode(s2, c)  # (s_ab', c_a) -> a ; (s_ba', c_b) -> b
+    rf, cls = cae.discriminate(swaps)
+    l_recon = F.l1_loss(rec, x)
+    l_cc = F.l1_loss(c2, torch.cat([c_b, c_a]))
+    l_ic = F.l1_loss(s2, s)
+    l_cyc = F.l1_loss(cyc, x)
+    l_adv = F.cross_entropy(rf, torch.cat([real, real]))
+    l_cls = F.cross_entropy(cls, torch.cat([yb, ya]))
+    # optional (not in the reference): a linear probe must read the label from the class code,
+    # which keeps the class codes of different classes apart (no collapse of Ec)
+    l_code_cls = F.cross_entropy(cae.class_code_head(c), torch.cat([ya, yb]))
+    g_total = (
+        w["recon"] * l_recon
+        + w["class_code"] * l_cc
+        + w["individual_code"] * l_ic
+        + w["cycle"] * l_cyc
+        + w["adversarial"] * l_adv
+        + w["class"] * l_cls
+        + w["code_class"] * l_code_cls
+    )
+    opt_g.zero_grad(set_to_none=True)
+    g_total.backward()
+    opt_g.step()
+    # ---------------- discriminator
+    rf_real, cls_real = cae.discriminate(x)
+    rf_fake, _ = cae.discriminate(swaps.detach())
+    l_d_rf = F.cross_entropy(rf_real, torch.cat([real, real])) + F.cross_entropy(
+        rf_fake, torch.cat([fake, fake])
+    )
+    l_d_cls = F.cross_entropy(cls_real, torch.cat([ya, yb]))
+    d_total = w["d_real_fake"] * l_d_rf + w["d_class"] * l_d_cls
+    opt_d.zero_grad(set_to_none=True)
+    d_total.backward()
+    opt_d.step()
+    out = {
+        "g_total": g_total,
+        "recon": l_recon,
+        "class_code": l_cc,
+        "individual_code": l_ic,
+        "cycle": l_cyc,
+        "adversarial": l_adv,
+        "class": l_cls,
+        "code_class": l_code_cls,
+        "d_total": d_total,
+        "d_real_fake": l_d_rf,
+        "d_class": l_d_cls,
+    }
+    vals = {k: float(v.detach()) for k, v in out.items()}
+    for k, v in vals.items():
+        if not math.isfinite(v):
+            raise FloatingPointError(
+                f"CAE training diverged at loss {k!r} (= {v}); lower lr or check the images."
+            )
+    return vals
+
+
+def _load_checkpoint(
+    path: Path,
+    cae: ClassAssociationEmbedding,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    gen: torch.Generator,
+    history: TrainingHistory,
+    dev: torch.device,
+) -> int:
+    ck = torch.load(path, map_location=dev, weights_only=True)
+    cae.load_state_dict(ck["model"])
+    opt_g.load_state_dict(ck["opt_g"])
+    opt_d.load_state_dict(ck["opt_d"])
+    gen.set_state(ck["rng"].cpu())
+    history.losses = {k: list(v) for k, v in json.loads(ck["history"]).items()}
+    history.seconds = float(ck["seconds"])
+    step = int(ck["step"])
+    history.steps = step
+    return step
