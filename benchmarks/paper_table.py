@@ -93,6 +93,7 @@ def explain_photo(model: torch.nn.Module, sample: Sample) -> dict[str, Any]:
         f"lime_{sample.name}_{LIME_SAMPLES}_{LIME_SEED}_{_mask_digest(sample.mask)}.json",
     )
     if not os.path.exists(cache):
+        os.makedirs(CACHE_DIR, exist_ok=True)
         with open(cache, "w") as fh:
             json.dump({"target": target, "weights": lime_weights.tolist(), "seconds": lime_s}, fh)
     lime_scores = torch.from_numpy(lime_weights)[None]
