@@ -27,6 +27,8 @@ import os
 
 import numpy as np
 
+from captum_secam.demo_model import as_rgb_uint8
+
 __all__ = ["BASE_PHOTOS", "CROPS", "load_benchmark_photos"]
 
 # name -> (source photo, (row0, row1, col0, col1)); boxes are in the source's full resolution.
@@ -57,18 +59,6 @@ BASE_PHOTOS = (
 )
 
 
-def _as_rgb_uint8(photo: np.ndarray) -> np.ndarray:
-    from skimage.color import gray2rgb
-    from skimage.util import img_as_ubyte
-
-    if photo.ndim == 2:
-        photo = gray2rgb(photo)
-    photo = photo[..., :3]
-    if photo.dtype != np.uint8:
-        photo = img_as_ubyte(photo)
-    return np.ascontiguousarray(photo)
-
-
 def _quokka_path() -> str | None:
     spec = importlib.util.find_spec("imgaug")  # locates the package without importing it
     if spec is None or not spec.submodule_search_locations:
@@ -83,21 +73,21 @@ def load_base_photo(name: str) -> np.ndarray | None:
     import skimage.io
 
     if name in ("astronaut", "chelsea", "coffee", "rocket"):
-        return _as_rgb_uint8(getattr(skimage.data, name)())
+        return as_rgb_uint8(getattr(skimage.data, name)())
     if name == "motorcycle":
-        return _as_rgb_uint8(skimage.data.stereo_motorcycle()[0])
+        return as_rgb_uint8(skimage.data.stereo_motorcycle()[0])
     if name in ("china", "flower"):
         from sklearn.datasets import load_sample_image
 
-        return _as_rgb_uint8(load_sample_image(f"{name}.jpg"))
+        return as_rgb_uint8(load_sample_image(f"{name}.jpg"))
     if name == "grace_hopper":
         import matplotlib
 
         path = os.path.join(matplotlib.get_data_path(), "sample_data", "grace_hopper.jpg")
-        return _as_rgb_uint8(skimage.io.imread(path))
+        return as_rgb_uint8(skimage.io.imread(path))
     if name == "quokka":
         path = _quokka_path()
-        return None if path is None else _as_rgb_uint8(skimage.io.imread(path))
+        return None if path is None else as_rgb_uint8(skimage.io.imread(path))
     raise ValueError(f"unknown photo {name!r}; choose from {BASE_PHOTOS}")
 
 

@@ -88,7 +88,11 @@ def check_classifier_output(output: Any, batch_size: int) -> Tensor:
 
 
 def resolve_targets(
-    target: Any, batch_size: int, n_classes: int, scores: Tensor | None = None
+    target: Any,
+    batch_size: int,
+    n_classes: int,
+    scores: Tensor | None = None,
+    name: str = "target",
 ) -> Tensor:
     """Turn Captum-style targets into a LongTensor of one class index per example.
 
@@ -98,6 +102,7 @@ def resolve_targets(
         batch_size: Number of examples N.
         n_classes: Number of classes in the model output.
         scores: N×classes model output, used when ``target`` is None.
+        name: The argument's name, for error messages.
 
     Returns:
         LongTensor of shape (N,) on the CPU or on ``scores``' device.
@@ -108,38 +113,38 @@ def resolve_targets(
             raise ValueError("target=None needs the model scores to pick the predicted class")
         return scores.detach().argmax(dim=1)
     if isinstance(target, bool):
-        raise TypeError("target must be an int class index, not a bool")
+        raise TypeError(f"{name} must be an int class index, not a bool")
     if isinstance(target, int):
         indices = torch.full((batch_size,), target, dtype=torch.long, device=device)
     elif isinstance(target, Tensor):
-        if target.is_floating_point() or target.dim() > 1:
+        if target.is_floating_point() or target.dtype == torch.bool or target.dim() > 1:
             raise TypeError(
-                f"a target tensor must hold integer class indices, 0-D or 1-D, got "
+                f"a {name} tensor must hold integer class indices, 0-D or 1-D, got "
                 f"{target.dtype} of shape {tuple(target.shape)}"
             )
-        indices = target.to(device=device, dtype=torch.long).reshape(-1)
-        if target.dim() == 0:
-            indices = indices.expand(batch_size)
+        indices = target.detach().to(device=device, dtype=torch.long).reshape(-1)
     elif isinstance(target, Sequence) and not isinstance(target, str):
         if not all(isinstance(t, int) and not isinstance(t, bool) for t in target):
             raise TypeError(
-                "target lists must hold one int class index per example; tuples for "
+                f"{name} lists must hold one int class index per example; tuples for "
                 "multi-dimensional outputs are not supported (the model output is N×classes)"
             )
         indices = torch.tensor(list(target), dtype=torch.long, device=device)
     else:
         raise TypeError(
-            f"target must be None, an int, a list of ints or an integer tensor, "
+            f"{name} must be None, an int, a list of ints or an integer tensor, "
             f"got {type(target).__name__}"
         )
+    if indices.numel() == 1:  # one class for the whole batch
+        indices = indices.expand(batch_size)
     if indices.numel() != batch_size:
         raise ValueError(
-            f"got {indices.numel()} targets for a batch of {batch_size} images; pass one "
-            "target per example or a single int for all"
+            f"got {indices.numel()} targets for a batch of {batch_size} images ({name} has "
+            f"{indices.numel()} entries); pass one target per example or a single int for all"
         )
     if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= n_classes):
         raise ValueError(
-            f"target {indices.tolist()} is out of range for a model with {n_classes} "
+            f"{name} {indices.tolist()} is out of range for a model with {n_classes} "
             f"classes; use class indices in 0..{n_classes - 1}"
         )
     return indices

@@ -17,6 +17,7 @@ from torch import nn
 
 __all__ = [
     "IMAGE_SIZE",
+    "as_rgb_uint8",
     "imagenet_class_names",
     "load_efficientnet_lite0",
     "load_photo",
@@ -110,17 +111,22 @@ def load_photo(name_or_path: str) -> np.ndarray:
     """Load an RGB photo as H×W×3 uint8: a scikit-image sample name or an image file path."""
     import skimage.data
     import skimage.io
-    from skimage.color import gray2rgb
 
     if name_or_path in _SKIMAGE_PHOTOS:
         photo = getattr(skimage.data, name_or_path)()
     else:
         photo = skimage.io.imread(name_or_path)
+    return as_rgb_uint8(photo)
+
+
+def as_rgb_uint8(photo: np.ndarray) -> np.ndarray:
+    """Grayscale, RGBA or float photos as contiguous H×W×3 uint8 RGB."""
+    from skimage.color import gray2rgb
+    from skimage.util import img_as_ubyte
+
     if photo.ndim == 2:
         photo = gray2rgb(photo)
     photo = photo[..., :3]
     if photo.dtype != np.uint8:
-        from skimage.util import img_as_ubyte
-
         photo = img_as_ubyte(photo)
     return np.ascontiguousarray(photo)

@@ -32,6 +32,7 @@ from captum.attr import GradientAttribution
 from captum.log import log_usage
 from torch import Tensor
 
+from captum_secam._validation import resolve_targets
 from captum_secam.cae.model import ClassAssociationEmbedding
 
 __all__ = ["CaeCounterfactual", "CaeExplanation"]
@@ -78,32 +79,7 @@ class CaeExplanation(NamedTuple):
 def _as_class_tensor(value: Any, n: int, num_classes: int, name: str) -> Tensor | None:
     if value is None:
         return None
-    if isinstance(value, Tensor):
-        t = value.detach().flatten().cpu()
-        if t.is_floating_point() or t.dtype == torch.bool:
-            raise TypeError(f"{name} must hold integer class indices, got dtype {t.dtype}.")
-        t = t.long()
-    elif isinstance(value, int) and not isinstance(value, bool):
-        t = torch.tensor([value])
-    elif isinstance(value, Sequence) and all(
-        isinstance(v, int) and not isinstance(v, bool) for v in value
-    ):
-        t = torch.tensor(list(value), dtype=torch.long)
-    else:
-        raise TypeError(f"{name} must be an int, a list of ints or an integer tensor.")
-    if t.numel() == 1:
-        t = t.expand(n).clone()
-    if t.numel() != n:
-        raise ValueError(
-            f"{name} has {t.numel()} entries but the batch has {n} images; give one class per "
-            "image or a single int."
-        )
-    bad = (t < 0) | (t >= num_classes)
-    if bool(bad.any()):
-        raise ValueError(
-            f"{name} {t[bad].tolist()} out of range: the CAE knows classes 0..{num_classes - 1}."
-        )
-    return t
+    return resolve_targets(value, n, num_classes, name=name).cpu().clone()
 
 
 class CaeCounterfactual(GradientAttribution):
