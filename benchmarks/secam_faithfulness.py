@@ -448,19 +448,85 @@ def ig_variants(model: nn.Module, sample: Sample) -> dict[str, Tensor]:
     return out
 
 
+class LogSoftmaxModel(nn.Module):
+    """``log_softmax(model(x))``: SeCam then explains log p(target), the quantity (up to the
+    monotone log) that the insertion / deletion curves score, instead of the logit."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.log_softmax(self.model(x), dim=1)
+
+
+def _bn1_gxa(model: nn.Module, images: Tensor, target: int) -> Tensor:
+    """Gradient×activation of log p(target) at ``_bn1`` for a batch of images: k×1×h×w."""
+    saved: dict[str, Tensor] = {}
+    handle = model._bn1.register_forward_hook(  # type: ignore[union-attr,operator]
+        lambda _m, _i, out: saved.__setitem__("act", out)
+    )
+    try:
+        score = torch.log_softmax(model(images), dim=1)[:, target].sum()
+        (grad,) = torch.autograd.grad(score, saved["act"])
+    finally:
+        handle.remove()
+    return (grad * saved["act"]).sum(dim=1, keepdim=True).detach()
+
+
+def _segment_mean_of(map_hw: Tensor, mask: Tensor) -> Tensor:
+    up = upsample(map_hw, "bilinear", mask.shape[-1])
+    return paint(aggregate(up, mask, "mean"), mask)
+
+
+def budget_variants(model: nn.Module, sample: Sample) -> dict[str, Tensor]:
+    """Cheap alternatives to LIME-1000 ordered by cost (forward passes per image):
+
+    * SeCam default (1 forward + 1 backward) and SeCam on ``log_softmax`` (same cost);
+    * path-CAM-8: the log-softmax CAM averaged over the images ``α·x`` (gray → x, α = j/8),
+      8 forward + 8 backward — CAM evaluated where the insertion curve lives;
+    * masked-CAM-16: the CAM averaged over 16 images with a random half of the segments gray
+      (LIME's perturbations, seed 0), 16 forward + 16 backward;
+    * LIME-10 / 30 / 100 (``lime`` package, same superpixels, seed 0): 1 %, 3 % and 10 % of
+      LIME-1000's forward passes.
+    """
+    x, t, mask = sample.x, sample.target, sample.mask
+    lite_layer = model._bn1  # type: ignore[union-attr]
+    out: dict[str, Tensor] = {
+        "SeCam default (logit)": SeCam(model, lite_layer).attribute(x, target=t, feature_mask=mask)[
+            :, :1
+        ],
+        "SeCam on log_softmax": SeCam(LogSoftmaxModel(model), lite_layer).attribute(
+            x, target=t, feature_mask=mask
+        )[:, :1],
+    }
+    alphas = torch.arange(1, 9, dtype=x.dtype).view(-1, 1, 1, 1) / 8
+    out["path-CAM-8 (gray → x)"] = _segment_mean_of(
+        _bn1_gxa(model, x * alphas, t).mean(0, keepdim=True), mask
+    )
+    n_seg = int(mask.max()) + 1
+    keep = torch.rand(16, n_seg, generator=torch.Generator().manual_seed(0)) < 0.5
+    on = keep.to(x.dtype)[:, mask[0, 0]].unsqueeze(1)
+    out["masked-CAM-16"] = _segment_mean_of(_bn1_gxa(model, x * on, t).mean(0, keepdim=True), mask)
+    for n_samples in (10, 30, 100):
+        weights, _ = run_lime(model, sample, num_samples=n_samples)
+        out[f"LIME-{n_samples}"] = paint(weights, mask)
+    return out
+
+
 def cmd_study(args: argparse.Namespace) -> None:
     # Untimed: may run on one spare core (RESEARCH_THREADS=1 under nice) while the lock is busy.
     torch.set_num_threads(int(os.environ.get("RESEARCH_THREADS", "2")))
     model = load_lite(args.model)
     size = _LITE_SIZES[args.model]
-    use_lime = args.model == "lite0"
+    use_lime = args.model == "lite0" or args.compute_lime
     scorer = CachedForward(model)
     names = imagenet_class_names()
     rows: list[dict[str, Any]] = []
     full_methods = set(args.full.split(",")) if args.full else set()
     for name, photo in load_benchmark_photos(20)[_photo_slice(args.photos)]:
         sample = prepare(model, name, photo, size)
-        lime = cached_lime(model, sample, compute=False) if use_lime else None
+        lime = cached_lime(model, sample, compute=args.compute_lime) if use_lime else None
         if lime is None and use_lime:
             print(f"{name}: no cached LIME-{LIME_SAMPLES}, skipped", flush=True)
             continue
@@ -481,6 +547,8 @@ def cmd_study(args: argparse.Namespace) -> None:
             }
             # The timing is in the label; keep labels stable across photos.
             variants = {k.split(" [")[0]: v for k, v in variants.items()}
+        elif args.variants == "budget":
+            variants = budget_variants(model, sample)
         else:
             variants = study_variants(model, sample)
         if lime is not None:
@@ -600,7 +668,12 @@ def main() -> None:
     p_study.add_argument("--photos", default="0:20")
     p_study.add_argument("--tag", default="study", help="names the result files")
     p_study.add_argument("--model", default="lite0", choices=sorted(_LITE_SIZES))
-    p_study.add_argument("--variants", default="main", choices=("main", "ig"))
+    p_study.add_argument("--variants", default="main", choices=("main", "ig", "budget"))
+    p_study.add_argument(
+        "--compute-lime",
+        action="store_true",
+        help="compute missing LIME-1000 weights (slow) instead of skipping the photo",
+    )
     p_study.add_argument(
         "--full", default="", help="comma-separated variant prefixes scored with deletion too"
     )

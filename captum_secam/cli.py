@@ -365,14 +365,14 @@ def _add_cae(subparsers: Any) -> None:
         "--path",
         choices=("linear", "gradient"),
         default="gradient",
-        help="class-code path (default: %(default)s, which flips far more often)",
+        help="class-code path (default: %(default)s)",
     )
     parser.add_argument(
         "--t-end",
         type=float,
-        default=3.0,
+        default=None,
         help="path length in units of the distance to the counterfactual centroid "
-        "(default: %(default)s)",
+        "(default: 3 for the gradient path, 1 for the linear one)",
     )
     parser.add_argument("--target", type=int, default=None, help="class to explain")
     parser.add_argument(

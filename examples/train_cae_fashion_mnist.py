@@ -6,7 +6,7 @@ Stages (each can be run alone; every stage reuses what earlier stages wrote to `
 
     # 1. classifier (~1-2 min on 2 cores)
     python examples/train_cae_fashion_mnist.py classifier --out captum_secam/cae/assets
-    # 2. CAE (the shipped one: defaults, stops after --time-limit 690 s; under the CPU lock)
+    # 2. CAE (the shipped one: defaults, 1430 steps, at most --time-limit 900 s; under the CPU lock)
     flock /tmp/captum_secam_cpu.lock python examples/train_cae_fashion_mnist.py cae \
         --out captum_secam/cae/assets --checkpoint-dir /tmp/cae_ckpt
     # 3. sample file + figures
@@ -81,7 +81,12 @@ def stage_cae(args: argparse.Namespace) -> None:
         checkpoint_dir=args.checkpoint_dir,
         checkpoint_every=250,
         time_limit=args.time_limit or None,
-        loss_weights={"class": args.class_weight, "code_class": args.code_class_weight},
+        loss_weights={
+            "class": args.class_weight,
+            "code_class": args.code_class_weight,
+            "recon": args.recon_weight,
+        },
+        discriminator_warmup=args.discriminator_warmup,
     )
     cae.save(Path(args.out) / "cae", include_discriminator=False)
     print(f"CAE: {hist.steps} steps in {hist.seconds:.1f} s")
@@ -157,13 +162,13 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="1: see docs/cae.md (oversubscription)")
     p.add_argument("--classifier-epochs", type=int, default=2)
     p.add_argument("--classifier-width", type=int, default=16)
-    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--steps", type=int, default=1430)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--base-channels", type=int, default=16)
     p.add_argument("--res-blocks", type=int, default=1)
     p.add_argument("--checkpoint-dir", default=None)
-    p.add_argument("--time-limit", type=float, default=690, help="seconds (CAE stage), 0: none")
+    p.add_argument("--time-limit", type=float, default=900, help="seconds (CAE stage), 0: none")
     p.add_argument("--up-kernel", type=int, default=3)
     p.add_argument(
         "--reference-decoder",
@@ -173,7 +178,7 @@ def main() -> None:
     p.add_argument(
         "--class-weight",
         type=float,
-        default=1.0,
+        default=3.0,
         help="weight of the swapped-image class loss (reference: 1)",
     )
     p.add_argument(
@@ -181,6 +186,18 @@ def main() -> None:
         type=float,
         default=1.0,
         help="weight of the class-code linear-probe loss (reference: 0; prevents code collapse)",
+    )
+    p.add_argument(
+        "--recon-weight",
+        type=float,
+        default=10.0,
+        help="weight of the reconstruction loss (reference: 10)",
+    )
+    p.add_argument(
+        "--discriminator-warmup",
+        type=int,
+        default=300,
+        help="class-only discriminator steps before training (reference: 0)",
     )
     p.add_argument("--n-explain", type=int, default=4)
     args = p.parse_args()

@@ -66,7 +66,7 @@ def explain(cae, probe, x, **kw) -> CaeExplanation:  # type: ignore[no-untyped-d
 
 def test_linear_path_flips_and_flip_point_is_tight(setup) -> None:  # type: ignore[no-untyped-def]
     cae, probe, x = setup
-    res = explain(cae, probe, x[:1], target=0, n_steps=10, refine_steps=6)
+    res = explain(cae, probe, x[:1], target=0, path="linear", n_steps=10, refine_steps=6)
     assert res.flipped.tolist() == [True]
     t = float(res.flip_position[0])
     assert 0 < t <= 1
@@ -97,6 +97,58 @@ def test_unchanged_codes_and_compare_to_input(setup) -> None:  # type: ignore[no
     cae, probe, x = setup
     res = explain(cae, probe, x[:1], target=0, compare_to="input")
     torch.testing.assert_close(res.attributions, (res.counterfactuals - x[:1]).abs())
+    # the reconstruction already shows the target: no fit, it is G(E(x))
+    assert res.fitted.tolist() == [False]
+    with torch.no_grad():
+        torch.testing.assert_close(res.reconstructions, cae.decode(*cae.encode(x[:1])))
+
+
+def _brightness_classifier(threshold: float):  # type: ignore[no-untyped-def]
+    """Class 1 iff the mean intensity is below ``threshold`` (a steep logistic score)."""
+
+    def forward(img: Tensor) -> Tensor:
+        s1 = (threshold - img.flatten(1).mean(1)) * 200.0
+        return torch.stack([torch.zeros_like(s1), s1], 1)
+
+    return forward
+
+
+def test_fit_makes_the_reconstruction_show_the_target(setup) -> None:  # type: ignore[no-untyped-def]
+    cae, _, x = setup
+    with torch.no_grad():
+        rec = cae.decode(*cae.encode(x[:3]))
+    # the images are class 1 (darker than the threshold), their reconstructions just too
+    # bright: class 0, so class 1 (the prediction) cannot be explained without the fit
+    threshold = float(rec.flatten(1).mean(1).min()) - 0.002
+    clf = _brightness_classifier(threshold)
+    assert clf(x[:3]).argmax(1).tolist() == [1, 1, 1]
+    assert clf(rec).argmax(1).tolist() == [0, 0, 0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        res = explain(cae, clf, x[:3], target=1, fit_steps=30)
+        singles = [explain(cae, clf, x[i : i + 1], target=1, fit_steps=30) for i in range(3)]
+    assert res.fitted.tolist() == [True, True, True]
+    assert all(p.grad is None for p in cae.parameters())  # the fit leaves no gradients behind
+    assert res.reconstruction_prediction.tolist() == [1, 1, 1]
+    assert bool((res.reconstructions.flatten(1).mean(1) < threshold).all())
+    # a reconstruction still: the fit moved the image only a little
+    assert float((res.reconstructions - rec).abs().mean()) < 0.05
+    assert res.decoder_passes <= 1 + 31 + 10 + 6
+    for i, one in enumerate(singles):
+        torch.testing.assert_close(
+            res.reconstructions[i], one.reconstructions[0], atol=1e-5, rtol=0
+        )
+        assert bool(res.flipped[i]) == bool(one.flipped[0])
+    # a target the classifier does not predict on x is never made up by the fit
+    clf_below = _brightness_classifier(-10.0)  # every image is class 0
+    with pytest.warns(UserWarning, match="not classified as the target"):
+        made_up = explain(cae, clf_below, x[:3], target=1)
+    assert made_up.fitted.tolist() == [False] * 3 and made_up.flipped.tolist() == [False] * 3
+    # without the fit the same examples cannot be explained and are flagged
+    with pytest.warns(UserWarning, match="not classified as the target"):
+        res0 = explain(cae, clf, x[:3], target=1, fit_steps=0)
+    assert res0.fitted.tolist() == [False] * 3 and res0.flipped.tolist() == [False] * 3
+    torch.testing.assert_close(res0.reconstructions, rec)
 
 
 def test_gradient_path_flips(setup) -> None:  # type: ignore[no-untyped-def]
@@ -131,12 +183,17 @@ def test_no_flip_warns_and_flags(setup) -> None:  # type: ignore[no-untyped-def]
 
     with pytest.warns(UserWarning, match="never left the target class for examples \\[0, 1\\]"):
         res = CaeCounterfactual(always_zero, cae).attribute(
-            x[:2], return_counterfactuals=True, n_steps=3
+            x[:2], return_counterfactuals=True, n_steps=3, path="linear"
         )
     assert isinstance(res, CaeExplanation)
     assert res.flipped.tolist() == [False, False]
     assert all(math.isnan(v) for v in res.flip_position.tolist())
     assert res.decoder_passes == 1 + 3
+    with pytest.raises(ValueError, match="use path='linear'"):
+        CaeCounterfactual(always_zero, cae).attribute(x[:2], path="gradient")
+    probe = setup[1]
+    with pytest.raises(ValueError, match="use path='linear'"):  # detached input, live params
+        CaeCounterfactual(lambda img: probe(img.detach()), cae).attribute(x[:2], target=0)
     # the map of an unflipped example is taken at the path end (the centroid)
     with torch.no_grad():
         s, _ = cae.encode(x[:2])
@@ -212,6 +269,10 @@ def test_do_no_harm(setup) -> None:  # type: ignore[no-untyped-def]
         (torch.rand(1, 1, 16, 16), dict(n_steps=0), ValueError, "n_steps"),
         (torch.rand(1, 1, 16, 16), dict(refine_steps=-1), ValueError, "refine_steps"),
         (torch.rand(1, 1, 16, 16), dict(t_end=0.0), ValueError, "t_end"),
+        (torch.rand(1, 1, 16, 16), dict(fit_steps=-1), ValueError, "fit_steps"),
+        (torch.rand(1, 1, 16, 16), dict(fit_steps=2.5), ValueError, "fit_steps"),
+        (torch.rand(1, 1, 16, 16), dict(fit_steps=True), ValueError, "fit_steps"),
+        (torch.rand(1, 1, 16, 16), dict(n_steps=True), ValueError, "n_steps"),
     ],
 )
 def test_validation(setup, inputs, kwargs, exc, match) -> None:  # type: ignore[no-untyped-def]
@@ -237,7 +298,7 @@ def test_reconstruction_not_of_target_class_is_flagged(setup) -> None:  # type: 
     cae, probe, x = setup
     # the reconstruction of image 0 is class 0 by construction, so class 1 cannot be explained
     with pytest.warns(UserWarning, match="reconstructions of examples \\[0\\]"):
-        res = explain(cae, probe, x[:1], target=1, counterfactual_target=0)
+        res = explain(cae, probe, x[:1], target=1, counterfactual_target=0, fit_steps=0)
     assert res.flipped.tolist() == [False]
     assert math.isnan(float(res.flip_position[0]))
     assert float(res.attributions.abs().sum()) == 0.0
@@ -267,8 +328,12 @@ def test_invariants_hold_for_random_images(setup, seed, path, n_steps, refine) -
     assert bool((pred[f] != res.target[f]).all())
     assert bool(torch.isnan(res.flip_position[~f]).all())
     assert bool(((res.flip_position[f] > 0) & (res.flip_position[f] <= 2.0 + 1e-6)).all())
-    assert res.decoder_passes <= 2 + n_steps + refine
+    fit_passes = 31 if bool(res.fitted.any()) else 0  # default fit_steps=30, plus its check
+    assert res.decoder_passes <= 2 + n_steps + refine + fit_passes
     torch.testing.assert_close(res.path_codes[:, 0], res.class_codes)
+    # fitted or not, every explained reconstruction shows the target
+    ok = res.reconstruction_prediction == res.target
+    assert bool(ok[res.fitted].all())
 
 
 def test_counterfactual_target_equal_to_predicted_class_is_rejected(setup) -> None:  # type: ignore[no-untyped-def]

@@ -84,6 +84,41 @@ def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
         torch.testing.assert_close(pa, pb, msg=k)
 
 
+def test_discriminator_warmup_teaches_the_class_head_only() -> None:
+    """Warm-up steps lower the discriminator's class loss on real images and leave the
+    generator (encoders + decoder) untouched; a resumed run does not warm up again."""
+    x, y = make_data().tensors
+    cae = make_cae()
+    gen_before = {k: v.clone() for k, v in cae.state_dict().items() if "discriminator" not in k}
+    with torch.no_grad():
+        before = torch.nn.functional.cross_entropy(cae.discriminate(x)[1], y)
+    hist = train_cae(
+        cae, make_data(), steps=0, batch_size=8, lr=2e-3, progress=False, discriminator_warmup=30
+    )
+    assert len(hist.losses["d_warmup_class"]) == 30
+    with torch.no_grad():
+        after = torch.nn.functional.cross_entropy(cae.discriminate(x)[1], y)
+    assert float(after) < 0.5 * float(before)
+    for k, v in cae.state_dict().items():
+        if "discriminator" not in k:
+            assert torch.equal(v, gen_before[k]), k
+    assert cae.training_info["discriminator_warmup"] == 30
+
+
+def test_resumed_run_does_not_warm_up_again(tmp_path: Path) -> None:
+    kw = dict(batch_size=4, progress=False, discriminator_warmup=5, checkpoint_dir=tmp_path)
+    full = make_cae()
+    h_full = train_cae(
+        full, make_data(), steps=4, batch_size=4, progress=False, discriminator_warmup=5
+    )
+    train_cae(make_cae(), make_data(), steps=2, **kw)  # type: ignore[arg-type]
+    resumed = make_cae()
+    h_res = train_cae(resumed, make_data(), steps=4, **kw)  # type: ignore[arg-type]
+    assert len(h_res.losses["d_warmup_class"]) == 5
+    assert resumed.training_info["discriminator_warmup"] == 5
+    assert h_res.losses["recon"] == pytest.approx(h_full.losses["recon"], rel=1e-5)
+
+
 def test_pairs_always_draw_two_different_classes(monkeypatch: pytest.MonkeyPatch) -> None:
     from captum_secam.cae import training
 
@@ -115,6 +150,9 @@ def test_dataset_with_one_class_is_rejected() -> None:
         (dict(steps=-1), "steps must be >= 0"),
         (dict(steps=1, batch_size=0), "batch_size"),
         (dict(steps=1, loss_weights={"bogus": 1.0}), "unknown loss weights"),
+        (dict(steps=1, discriminator_warmup=-1), "discriminator_warmup must be an int >= 0"),
+        (dict(steps=1, discriminator_warmup=2.5), "discriminator_warmup must be an int >= 0"),
+        (dict(steps=1, discriminator_warmup=True), "discriminator_warmup must be an int >= 0"),
     ],
 )
 def test_bad_arguments(kwargs: dict, match: str) -> None:

@@ -60,7 +60,8 @@ _CKPT_NAME = "cae_training_checkpoint.pt"
 
 @dataclass
 class TrainingHistory:
-    """Per-step losses recorded by :func:`train_cae` (one list entry per step)."""
+    """Per-step losses recorded by :func:`train_cae` (one list entry per step; the optional
+    ``d_warmup_class`` list has one entry per discriminator warm-up step)."""
 
     losses: dict[str, list[float]] = field(default_factory=dict)
     seconds: float = 0.0
@@ -117,6 +118,7 @@ def train_cae(
     centroid_samples: int | None = 10000,
     labels: Sequence[int] | Tensor | None = None,
     time_limit: float | None = None,
+    discriminator_warmup: int = 0,
 ) -> TrainingHistory:
     """Train ``cae`` with the pairing / code-swap objective, then store class-code centroids.
 
@@ -143,6 +145,13 @@ def train_cae(
         time_limit: stop early once this many seconds of training (including those of a
             resumed run) have passed; ``history.steps`` tells how many steps ran. Runs cut by
             the clock are not reproducible across machines.
+        discriminator_warmup: before the first step of a fresh run, train only the
+            discriminator's class head (and its shared trunk) on real images for this many
+            steps of ``2·batch_size`` images (not in the reference, 0 there). A short run
+            otherwise starts with a discriminator that cannot tell the classes apart, so the
+            class loss on the swapped images teaches the decoder little about the class code.
+            Its time counts toward ``time_limit`` (which is checked after each training step),
+            and its losses are kept in the checkpoint, so a resumed run does not repeat it.
 
     Returns:
         A :class:`TrainingHistory` with the per-step losses.
@@ -156,6 +165,12 @@ def train_cae(
         raise ValueError(f"steps must be >= 0, got {steps}.")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    if (
+        isinstance(discriminator_warmup, bool)
+        or not isinstance(discriminator_warmup, int)
+        or discriminator_warmup < 0
+    ):
+        raise ValueError(f"discriminator_warmup must be an int >= 0, got {discriminator_warmup!r}.")
     weights = dict(DEFAULT_LOSS_WEIGHTS)
     if loss_weights:
         unknown = set(loss_weights) - set(weights)
@@ -217,6 +232,14 @@ def train_cae(
             tmp,
         )
         tmp.replace(ckpt_path)
+
+    if start == 0 and discriminator_warmup > 0:
+        t_w = time.perf_counter()
+        warm = _warm_up_discriminator(
+            cae, dataset, n, lab, opt_d, gen, discriminator_warmup, 2 * batch_size, dev, progress
+        )
+        history.losses["d_warmup_class"] = warm
+        history.seconds += time.perf_counter() - t_w
 
     bar: Any = None
     if progress and steps > start:
@@ -309,10 +332,45 @@ def train_cae(
         "loss_weights": weights,
         "seconds": round(history.seconds, 2),
         "time_limit": time_limit,
+        # what ran (a resumed run does not warm up again), not what was asked for
+        "discriminator_warmup": len(history.losses.get("d_warmup_class", [])),
         "device": str(dev),
         "final_losses": {k: round(history.mean(k, last=100), 5) for k in history.losses},
     }
     return history
+
+
+def _warm_up_discriminator(
+    cae: ClassAssociationEmbedding,
+    dataset: Any,
+    n: int,
+    lab: Tensor,
+    opt_d: torch.optim.Optimizer,
+    gen: torch.Generator,
+    steps: int,
+    batch_size: int,
+    dev: torch.device,
+    progress: bool,
+) -> list[float]:
+    """Class cross-entropy steps of the discriminator on real images; returns the losses."""
+    it: Any = range(steps)
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, desc="discriminator warm-up", dynamic_ncols=True)
+    losses: list[float] = []
+    for _ in it:
+        idx = torch.randint(0, n, (batch_size,), generator=gen)
+        x = _fetch(dataset, idx).to(dev, torch.float32)
+        _, cls = cae.discriminate(x)
+        loss = F.cross_entropy(cls, lab[idx].to(dev))
+        opt_d.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_d.step()
+        losses.append(float(loss.detach()))
+        if not math.isfinite(losses[-1]):
+            raise FloatingPointError("discriminator warm-up diverged; lower lr or check images.")
+    return losses
 
 
 def _train_step(
