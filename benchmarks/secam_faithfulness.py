@@ -462,16 +462,11 @@ class LogSoftmaxModel(nn.Module):
 
 def _bn1_gxa(model: nn.Module, images: Tensor, target: int) -> Tensor:
     """Gradient×activation of log p(target) at ``_bn1`` for a batch of images: k×1×h×w."""
-    saved: dict[str, Tensor] = {}
-    handle = model._bn1.register_forward_hook(  # type: ignore[union-attr,operator]
-        lambda _m, _i, out: saved.__setitem__("act", out)
-    )
-    try:
-        score = torch.log_softmax(model(images), dim=1)[:, target].sum()
-        (grad,) = torch.autograd.grad(score, saved["act"])
-    finally:
-        handle.remove()
-    return (grad * saved["act"]).sum(dim=1, keepdim=True).detach()
+    from captum.attr import LayerGradientXActivation
+
+    layer = model._bn1  # type: ignore[union-attr]
+    attr = LayerGradientXActivation(LogSoftmaxModel(model), layer).attribute(images, target=target)
+    return attr.sum(dim=1, keepdim=True).detach()
 
 
 def _segment_mean_of(map_hw: Tensor, mask: Tensor) -> Tensor:
