@@ -1,8 +1,10 @@
-"""Command line: ``captum-secam explain IMAGE`` and ``captum-secam demo``.
+"""Command line: ``captum-secam explain IMAGE``, ``captum-secam demo`` and ``captum-secam cae``.
 
-Runs SeCam, Captum's LayerGradCam, Lime and KernelShap on one photo with the pretrained
-EfficientNet-Lite0 (the ``demo`` extra) and writes one PNG comparing them on the same
-superpixels, each panel with its wall time.
+``explain`` and ``demo`` run SeCam, Captum's LayerGradCam, Lime and KernelShap on one photo with
+the pretrained EfficientNet-Lite0 (the ``demo`` extra) and write one PNG comparing them on the
+same superpixels, each panel with its wall time. ``cae`` explains one shipped Fashion-MNIST test
+image of a binary task (``coats`` or ``planted``) with the CAE counterfactual and writes
+:func:`~captum_secam.cae.figures.plot_counterfactual`'s figure.
 
 Each subcommand is one ``_add_<name>`` function (arguments) plus one ``_run_<name>`` function
 (work), registered in :data:`_SUBCOMMANDS`.
@@ -11,6 +13,7 @@ Each subcommand is one ``_add_<name>`` function (arguments) plus one ``_run_<nam
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -310,7 +313,7 @@ def _add_explain(subparsers: Any) -> None:
     parser.add_argument(
         "--seed", type=int, default=0, help="seed for Lime/KernelShap sampling (default: 0)"
     )
-    parser.set_defaults(handler=_run_explain)
+    parser.set_defaults(handler=_run_explain, subparser=parser)
 
 
 def _run_explain(args: argparse.Namespace) -> int:
@@ -341,7 +344,7 @@ def _add_demo(subparsers: Any) -> None:
     parser.add_argument(
         "--out", metavar="FILE", default="secam_demo.png", help="output PNG (default: %(default)s)"
     )
-    parser.set_defaults(handler=_run_demo)
+    parser.set_defaults(handler=_run_demo, subparser=parser)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -350,53 +353,208 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+CAE_TASKS = ("coats", "planted")  # captum_secam.cae.fashion_mnist.PRETRAINED_TASKS (kept
+# here so that building the parser does not import torch; a test checks they agree)
+CAE_TASK_HELP = {
+    "coats": "Fashion-MNIST 'Pullover' (0) vs 'Coat' (1)",
+    "planted": "garments, 'mark' (1) = a planted 6x6 mark vs 'no mark' (0)",
+}
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from err
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from err
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+def _confidence(text: str) -> float | None:
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(
+            f"expected a probability in [0, 1) or 'none', got {text!r}"
+        ) from err
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(
+            f"expected a probability in [0, 1) or 'none', got {text!r}; 'none' (or 0) only asks "
+            "the prediction to differ from the explained class"
+        )
+    return value
+
+
 def _add_cae(subparsers: Any) -> None:
+    tasks = "; ".join(f"{name}: {text}" for name, text in CAE_TASK_HELP.items())
     parser = subparsers.add_parser(
         "cae",
-        help="explain a Fashion-MNIST test image with the shipped CAE counterfactual model",
+        help="explain a shipped Fashion-MNIST test image with the CAE counterfactual",
         description=(
-            "Explain one of the 100 shipped Fashion-MNIST test images with the Class Association "
-            "Embedding counterfactual (shipped classifier and CAE; no download) and write a "
-            "figure: original, reconstruction, class-code path, saliency."
+            "Explain one of the 100 shipped test images of a binary task with the Class "
+            "Association Embedding counterfactual (shipped classifier and CAE; no download; a "
+            "few seconds on a CPU) and write a figure: original, reconstruction, "
+            "counterfactual, saliency, and the images decoded along the class-code path. "
+            f"Tasks: {tasks}. Prints one line: explained class -> counterfactual class, its "
+            "probability, and whether the decision flipped."
         ),
     )
-    parser.add_argument("--index", type=int, default=0, help="sample index 0..99 (default: 0)")
+    parser.add_argument(
+        "--task", choices=CAE_TASKS, default="coats", help="binary task (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--index",
+        type=_non_negative_int,
+        default=0,
+        help="index of the task's shipped test image, 0..99 (default: 0)",
+    )
     parser.add_argument(
         "--path",
         choices=("linear", "gradient"),
-        default="gradient",
-        help="class-code path (default: %(default)s)",
+        default="linear",
+        help="class-code path: straight line to the other class's centroid, or gradient "
+        "descent through the decoder (default: %(default)s)",
     )
     parser.add_argument(
         "--t-end",
-        type=float,
+        type=_positive_float,
         default=None,
+        metavar="T",
         help="path length in units of the distance to the counterfactual centroid "
-        "(default: 3 for the gradient path, 1 for the linear one)",
+        "(default: 2 for the linear path, 3 for the gradient path)",
     )
-    parser.add_argument("--target", type=int, default=None, help="class to explain")
     parser.add_argument(
-        "--counterfactual-target", type=int, default=None, help="class to move toward"
+        "--min-confidence",
+        type=_confidence,
+        default=0.6,
+        metavar="P",
+        help="probability the other class must reach for a flip, in [0, 1), or 'none' "
+        "(any other prediction counts; default: %(default)s)",
     )
-    parser.add_argument("--out", metavar="FILE", default="cae_explanation.png", help="output PNG")
-    parser.set_defaults(handler=_run_cae)
+    parser.add_argument(
+        "--fit-steps",
+        type=_non_negative_int,
+        default=30,
+        metavar="N",
+        help="steps fitting the individual code to the image (decoder gradients only on the "
+        "linear path) when the reconstruction is not classified as the explained class "
+        "(default: %(default)s; 0: no fit)",
+    )
+    parser.add_argument(
+        "--target",
+        metavar="CLASS",
+        help="class to explain, id or name, e.g. 1 or 'Coat' (default: the prediction)",
+    )
+    parser.add_argument(
+        "--counterfactual-target",
+        metavar="CLASS",
+        help="class to move toward, id or name (default: the other class)",
+    )
+    parser.add_argument(
+        "--out",
+        metavar="FILE",
+        default="cae_explanation.png",
+        help="output PNG (default: %(default)s)",
+    )
+    parser.set_defaults(handler=_run_cae, subparser=parser)
 
 
 def _run_cae(args: argparse.Namespace) -> int:
-    from captum_secam.cae.fashion_mnist import explain_fashion_mnist
+    import torch
 
-    if not 0 <= args.index < 100:
-        raise SystemExit(f"captum-secam cae: --index must be in 0..99, got {args.index}")
-    out = explain_fashion_mnist(
+    from captum_secam.cae.fashion_mnist import (
+        _class_id,
+        _explain_sample,
+        load_pretrained,
+        sample_task,
+    )
+
+    classifier, cae = load_pretrained(args.task)
+    sample = sample_task(args.task)
+    n = len(sample)
+    if args.index >= n:
+        raise _UsageError(
+            f"--index {args.index} is out of range; task {args.task!r} ships {n} test images: "
+            f"use 0..{n - 1}"
+        )
+    names = cae.class_names
+    try:
+        target = _class_id(args.target, names, "--target")
+        counterfactual = _class_id(args.counterfactual_target, names, "--counterfactual-target")
+    except ValueError as err:
+        raise _UsageError(str(err)) from err
+    if counterfactual is not None:
+        if target is None:
+            with torch.no_grad():
+                x = sample.images[args.index : args.index + 1]
+                explained = int(classifier(x).argmax(1))
+            why = f"the classifier's prediction on image {args.index}, explained by default"
+        else:
+            explained, why = target, "--target"
+        if counterfactual == explained:
+            raise _UsageError(
+                f"--counterfactual-target {names[counterfactual]!r} is the explained class "
+                f"({why}); move toward another class or pass another --target"
+            )
+    result = _explain_sample(
         args.index,
         args.out,
-        target=args.target,
-        counterfactual_target=args.counterfactual_target,
+        task=args.task,
+        target=target,
+        counterfactual_target=counterfactual,
         path=args.path,
         t_end=args.t_end,
+        min_confidence=args.min_confidence,
+        fit_steps=args.fit_steps,
+        n_path_images=6,
+        classifier=classifier,
+        cae=cae,
+        image=None,
+        label=None,
     )
-    print(f"wrote {out}")
+    print(_cae_summary(args, result.explanation, result.class_names, result.label))
+    print(f"wrote {result.out}")
     return 0
+
+
+def _cae_summary(
+    args: argparse.Namespace, res: Any, names: Sequence[str], label: int | None
+) -> str:
+    """One line: explained class -> counterfactual class (probability), flipped or not."""
+    tgt, cft = int(res.target[0]), int(res.counterfactual_target[0])
+    pred, rec = int(res.counterfactual_prediction[0]), int(res.reconstruction_prediction[0])
+    head = f"{args.task} image {args.index}"
+    if label is not None:
+        head += f" (true label {names[label]!r})"
+    line = (
+        f"{head}: explained {names[tgt]!r} -> counterfactual {names[pred]!r} "
+        f"(p = {float(res.counterfactual_probability[0]):.2f}), "
+    )
+    if rec != tgt:
+        more = "a larger --fit-steps" if args.fit_steps else "--fit-steps 30"
+        return line + (
+            f"NOT flipped: the reconstruction is already classified as {names[rec]!r}; try {more}"
+        )
+    if bool(res.flipped[0]):
+        return line + f"flipped at t* = {float(res.flip_position[0]):.2f}"
+    hints = ["--path gradient"] if args.path == "linear" else []
+    hints.append("a larger --t-end")
+    if pred != tgt:
+        hints.append("a lower --min-confidence")
+    return line + f"NOT flipped while moving toward {names[cft]!r}; try {' or '.join(hints)}"
 
 
 _SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (_add_explain, _add_demo, _add_cae)
@@ -421,7 +579,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except _UsageError as err:
-        parser.error(str(err))
+        getattr(args, "subparser", parser).error(str(err))  # usage of the subcommand
     except ImportError as err:
         if "pip install" not in str(err):  # a missing extra names its install command
             raise

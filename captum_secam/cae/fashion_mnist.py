@@ -1,22 +1,37 @@
-"""Fashion-MNIST material for the CAE: IDX reader, the shipped CNN classifier, pretrained assets.
+"""Fashion-MNIST material for the CAE: IDX reader, the CNN classifier, the shipped models.
 
-The package ships (under ``captum_secam/cae/assets/``):
+The package ships one folder per binary task of :mod:`captum_secam.cae.tasks`
+(:data:`PRETRAINED_TASKS`) under ``captum_secam/cae/assets/<task>/``:
 
-* ``classifier.safetensors`` + ``classifier.json`` -- :class:`FashionMNISTClassifier` weights;
+* ``coats/`` -- pullover (0) vs coat (1);
+* ``planted/`` -- garments of every class, class 1 (``"mark"``) carries a planted 6×6 mark
+  (its square is stored as the ground-truth region).
+
+Each folder holds
+
+* ``classifier.safetensors`` + ``classifier.json`` -- a two-class :class:`FashionMNISTClassifier`
+  (width, class names, test accuracy);
 * ``cae.safetensors`` + ``cae.json`` -- a :class:`~captum_secam.cae.ClassAssociationEmbedding`
-  trained on the Fashion-MNIST training set (without its discriminator);
-* ``fashion_mnist_samples.npz`` -- the first 100 test images (uint8) and labels, stored without
-  pickling, so the CLI can explain an image without the Debian dataset.
+  trained on the task's training images (without its discriminator; with class-code
+  centroids);
+* ``samples.npz`` -- the task's first 100 *test* images (uint8), labels, class names and, for
+  ``planted``, the marks' boolean regions, read without pickling, so explanations work without
+  the Debian dataset.
 
-Retrain them with ``examples/train_cae_fashion_mnist.py`` (see ``docs/cae.md``).
+:func:`load_pretrained` and :func:`sample_task` / :func:`load_samples` read them;
+:func:`explain_sample` (and ``captum-secam cae``) explains one sample and writes a figure.
+Retrain them with ``examples/train_cae_tasks.py`` (see ``docs/cae.md``).
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import numbers
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -25,19 +40,23 @@ from torch import Tensor, nn
 
 from captum_secam.cae.attribution import CaeExplanation
 from captum_secam.cae.model import ClassAssociationEmbedding
+from captum_secam.cae.tasks import BinaryTask
 
 __all__ = [
     "ASSETS",
     "CLASS_NAMES",
     "DEFAULT_ROOT",
+    "PRETRAINED_TASKS",
     "FashionMNISTClassifier",
-    "explain_fashion_mnist",
+    "explain_sample",
     "load_classifier",
     "load_fashion_mnist",
     "load_pretrained",
     "load_samples",
     "read_idx",
+    "sample_task",
     "save_classifier",
+    "save_samples",
     "train_classifier",
 ]
 
@@ -157,11 +176,16 @@ def train_classifier(
     lr: float = 2e-3,
     seed: int = 0,
     width: int = 16,
+    num_classes: int | None = None,
     progress: bool = True,
 ) -> FashionMNISTClassifier:
-    """Train :class:`FashionMNISTClassifier` with Adam (seeded); returns it in eval mode."""
+    """Train :class:`FashionMNISTClassifier` with Adam (seeded); returns it in eval mode.
+
+    ``num_classes`` defaults to ``labels.max() + 1`` (10 on Fashion-MNIST, 2 on a binary task).
+    """
     torch.manual_seed(seed)
-    model = FashionMNISTClassifier(width=width)
+    k = int(labels.max()) + 1 if num_classes is None else int(num_classes)
+    model = FashionMNISTClassifier(width=width, num_classes=k)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
     n = images.shape[0]
@@ -191,168 +215,308 @@ def train_classifier(
     return model.eval()
 
 
-def save_classifier(model: FashionMNISTClassifier, path: str | Path, **info: Any) -> None:
-    """Write ``<path>.safetensors`` + ``<path>.json`` (width, class names, ``info``)."""
+def save_classifier(
+    model: FashionMNISTClassifier,
+    path: str | Path,
+    class_names: tuple[str, ...] | list[str] | None = None,
+    **info: Any,
+) -> None:
+    """Write ``<path>.safetensors`` + ``<path>.json`` (width, classes, names, ``info``).
+
+    ``class_names`` defaults to the ten Fashion-MNIST names (one name per class is required).
+    """
     from safetensors.torch import save_file
 
+    names = list(CLASS_NAMES if class_names is None else class_names)
+    if len(names) != model.num_classes:
+        raise ValueError(
+            f"class_names has {len(names)} names but the classifier has {model.num_classes} "
+            "classes; give one name per class."
+        )
     p = Path(path).with_suffix("")
     p.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     wpath = p.with_name(p.name + ".safetensors")
     save_file(state, str(wpath), metadata={"format": "fmnist_cnn"})
     wpath.chmod(0o644)
-    doc = {"format": "fmnist_cnn", "width": model.width, "class_names": list(CLASS_NAMES)}
+    doc = {
+        "format": "fmnist_cnn",
+        "width": model.width,
+        "num_classes": model.num_classes,
+        "class_names": names,
+    }
     doc.update(info)
     p.with_name(p.name + ".json").write_text(json.dumps(doc, indent=1))
 
 
-def load_classifier(path: str | Path = ASSETS / "classifier") -> FashionMNISTClassifier:
-    """Load a classifier written by :func:`save_classifier` (safetensors; eval mode)."""
+def load_classifier(
+    path: str | Path = ASSETS / "coats" / "classifier",
+) -> FashionMNISTClassifier:
+    """Load a classifier written by :func:`save_classifier` (safetensors; eval mode).
+
+    ``path`` is the checkpoint's stem (default: the shipped ``coats`` classifier; see
+    :func:`load_pretrained` for the shipped pairs).
+    """
     from safetensors.torch import load_file
 
     p = Path(path).with_suffix("")
-    doc = json.loads(p.with_name(p.name + ".json").read_text())
+    cpath = p.with_name(p.name + ".json")
+    if not cpath.is_file():
+        raise FileNotFoundError(
+            f"{cpath} not found; a classifier checkpoint is a pair <stem>.safetensors + "
+            "<stem>.json written by save_classifier()."
+        )
+    doc = json.loads(cpath.read_text())
     if doc.get("format") != "fmnist_cnn":
         raise ValueError(f"{p}.json is not a Fashion-MNIST classifier config.")
-    model = FashionMNISTClassifier(width=int(doc["width"]))
+    k = int(doc.get("num_classes", len(doc.get("class_names", CLASS_NAMES))))
+    model = FashionMNISTClassifier(width=int(doc["width"]), num_classes=k)
     model.load_state_dict(load_file(str(p.with_name(p.name + ".safetensors"))))
     return model.eval()
 
 
-def load_pretrained() -> tuple[FashionMNISTClassifier, ClassAssociationEmbedding]:
-    """The shipped ``(classifier, cae)`` pair, both in eval mode on the CPU.
+PRETRAINED_TASKS: tuple[str, ...] = ("coats", "planted")
+
+
+def _task_folder(task: str) -> Path:
+    if task not in PRETRAINED_TASKS:
+        raise ValueError(
+            f"no shipped models for task {task!r}; choose one of {list(PRETRAINED_TASKS)} or "
+            "train your own (examples/train_cae_tasks.py)."
+        )
+    return ASSETS / task
+
+
+def load_pretrained(
+    task: str = "coats",
+) -> tuple[FashionMNISTClassifier, ClassAssociationEmbedding]:
+    """The shipped ``(classifier, cae)`` pair of a binary task, both in eval mode on the CPU.
+
+    Args:
+        task: ``"coats"`` (pullover vs coat) or ``"planted"`` (garments; class 1 carries
+            a planted 6×6 mark), see :mod:`captum_secam.cae.tasks`.
 
     Example:
-        >>> classifier, cae = load_pretrained()
-        >>> cae.class_names[0]
-        'T-shirt/top'
+        >>> classifier, cae = load_pretrained("coats")
+        >>> cae.class_names
+        ('Pullover', 'Coat')
     """
-    return load_classifier(ASSETS / "classifier"), ClassAssociationEmbedding.load(ASSETS / "cae")
+    folder = _task_folder(task)
+    return load_classifier(folder / "classifier"), ClassAssociationEmbedding.load(folder / "cae")
 
 
-def load_samples() -> tuple[Tensor, Tensor]:
-    """The shipped sample of Fashion-MNIST *test* images: ``(N×1×28×28 in [0, 1], labels N)``."""
-    with np.load(ASSETS / "fashion_mnist_samples.npz", allow_pickle=False) as f:
-        images, labels = f["images"], f["labels"]
-    return (
-        torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1),
-        torch.from_numpy(labels.astype(np.int64)),
+def save_samples(task: BinaryTask, path: str | Path, n: int = 100) -> Path:
+    """Store the first ``n`` images of ``task`` (uint8), labels and regions in an ``.npz``."""
+    images = (task.images[:n, 0] * 255.0).round().to(torch.uint8).numpy()
+    arrays: dict[str, np.ndarray] = {"images": images, "labels": task.labels[:n].numpy()}
+    arrays["class_names"] = np.array(task.class_names)
+    if task.regions is not None:
+        arrays["regions"] = task.regions[:n, 0].numpy()
+    p = Path(path)
+    np.savez_compressed(p, **arrays)  # type: ignore[arg-type]
+    return p
+
+
+def sample_task(task: str = "coats") -> BinaryTask:
+    """The shipped sample of 100 *test* images of a task (with the planted regions)."""
+    with np.load(_task_folder(task) / "samples.npz", allow_pickle=False) as f:
+        images = torch.from_numpy(f["images"].astype(np.float32) / 255.0).unsqueeze(1)
+        labels = torch.from_numpy(f["labels"].astype(np.int64))
+        names = tuple(str(v) for v in f["class_names"])
+        regions = torch.from_numpy(f["regions"]).unsqueeze(1) if "regions" in f else None
+    return BinaryTask(images, labels, (names[0], names[1]), regions)
+
+
+def load_samples(task: str = "coats") -> tuple[Tensor, Tensor]:
+    """The shipped sample of a task's *test* images: ``(N×1×28×28 in [0, 1], labels N)``.
+
+    Example:
+        >>> x, y = load_samples("planted")
+        >>> x.shape, sorted(set(y.tolist()))
+        (torch.Size([100, 1, 28, 28]), [0, 1])
+    """
+    sample = sample_task(task)
+    return sample.images, sample.labels
+
+
+def _class_id(value: Any, names: Sequence[str], what: str) -> int | None:
+    """``value`` -- a class id, a numeric string or a class name (any case) -- as a class id.
+
+    Raises:
+        ValueError: naming the classes when ``value`` is neither an id in range nor a name.
+    """
+    if value is None:
+        return None
+    choices = ", ".join(f"{i} = {name!r}" for i, name in enumerate(names))
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        k = int(value)
+        if not 0 <= k < len(names):
+            raise ValueError(f"{what} {k} is out of range; the classes are {choices}.")
+        return k
+    if isinstance(value, str):
+        key = " ".join(value.replace("_", " ").split()).casefold()
+        for i, name in enumerate(names):
+            if " ".join(name.split()).casefold() == key:
+                return i
+        raise ValueError(
+            f"{what} {value!r} is neither a class id nor a class name; the classes are {choices}."
+        )
+    raise ValueError(f"{what} must be a class id or a class name ({choices}), got {value!r}.")
+
+
+class _Explained(NamedTuple):
+    """What :func:`explain_sample` computed (the command line prints a summary of it)."""
+
+    out: Path
+    explanation: CaeExplanation
+    class_names: tuple[str, ...]
+    label: int | None
+
+
+def _explain_sample(
+    index: int,
+    out: str | Path,
+    *,
+    task: str,
+    target: int | str | None,
+    counterfactual_target: int | str | None,
+    path: str,
+    t_end: float | None,
+    min_confidence: float | None,
+    fit_steps: int,
+    n_path_images: int,
+    classifier: nn.Module | None,
+    cae: ClassAssociationEmbedding | None,
+    image: Tensor | None,
+    label: int | str | None,
+) -> _Explained:
+    from captum_secam.cae.attribution import CaeCounterfactual
+    from captum_secam.cae.figures import plot_counterfactual
+
+    if isinstance(n_path_images, bool) or not isinstance(n_path_images, int) or n_path_images < 2:
+        raise ValueError(f"n_path_images must be an int >= 2, got {n_path_images!r}.")
+    if classifier is None or cae is None:
+        clf0, cae0 = load_pretrained(task)
+        classifier = classifier if classifier is not None else clf0
+        cae = cae if cae is not None else cae0
+    names = tuple(cae.class_names)
+    if image is None:
+        sample = sample_task(task)
+        n = len(sample)
+        if (
+            isinstance(index, bool)
+            or not isinstance(index, numbers.Integral)
+            or not 0 <= int(index) < n
+        ):
+            raise ValueError(
+                f"index must be an int in 0..{n - 1} (the shipped {task!r} samples), got {index!r}."
+            )
+        x = sample.images[int(index) : int(index) + 1]
+        label = int(sample.labels[int(index)])
+    else:
+        if not isinstance(image, Tensor) or not (
+            image.dim() in (2, 3) or (image.dim() == 4 and image.shape[0] == 1)
+        ):
+            raise ValueError(
+                "image must be one H×W, C×H×W or 1×C×H×W image tensor in [0, 1], got "
+                f"{getattr(image, 'shape', type(image))}."
+            )
+        x = image.detach().float().reshape(1, -1, *image.shape[-2:])
+        label = _class_id(label, names, "label")
+    explainer = CaeCounterfactual(classifier, cae)
+    with warnings.catch_warnings():
+        # a missing flip is reported by the figure's title (and by the command line)
+        warnings.filterwarnings("ignore", message="CaeCounterfactual:", category=UserWarning)
+        res = explainer.attribute(
+            x,
+            target=_class_id(target, names, "target"),
+            counterfactual_target=_class_id(counterfactual_target, names, "counterfactual_target"),
+            path=path,
+            t_end=t_end,
+            min_confidence=min_confidence,
+            fit_steps=fit_steps,
+            return_counterfactuals=True,
+        )
+    assert isinstance(res, CaeExplanation)
+    fig = plot_counterfactual(
+        res, 0, cae, classifier, x[0], class_names=names, label=label, n_path_images=n_path_images
     )
+    out_path = Path(out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=100)
+    return _Explained(out_path, res, names, label)
 
 
-def explain_fashion_mnist(
+def explain_sample(
     index: int = 0,
     out: str | Path = "cae_explanation.png",
     *,
-    target: int | None = None,
-    counterfactual_target: int | None = None,
-    path: str = "gradient",
+    task: str = "coats",
+    target: int | str | None = None,
+    counterfactual_target: int | str | None = None,
+    path: str = "linear",
     t_end: float | None = None,
+    min_confidence: float | None = 0.6,
+    fit_steps: int = 30,
     n_path_images: int = 6,
     classifier: nn.Module | None = None,
     cae: ClassAssociationEmbedding | None = None,
     image: Tensor | None = None,
-    label: int | None = None,
+    label: int | str | None = None,
 ) -> Path:
-    """Explain one Fashion-MNIST test image with CAE and write a one-row PNG figure.
+    """Explain one shipped test image of a task with CAE and write the counterfactual figure.
 
-    The figure shows the original, the reconstruction, ``n_path_images`` decoded images along
-    the class-code path from the reconstruction to the counterfactual (the last one is the
-    counterfactual at the flip point), and the saliency ``|counterfactual − reconstruction|``;
-    the title names the classes and says whether the decision flipped.
+    Runs :class:`~captum_secam.cae.CaeCounterfactual` on the image and draws
+    :func:`~captum_secam.cae.figures.plot_counterfactual`: the original (true label and the
+    classifier's prediction), the reconstruction, the counterfactual, the saliency map, and the
+    images decoded along the class-code segment from the codes the explanation used; the
+    title names the explained class and the class reached, or says that nothing flipped.
 
     Args:
-        index: index into the shipped sample of test images (0..99), see :func:`load_samples`.
-        out: PNG path to write.
-        target: class to explain (default: the classifier's prediction).
-        counterfactual_target: class to move toward (default: nearest other centroid).
-        path: ``"gradient"`` or ``"linear"`` (see :class:`~captum_secam.cae.CaeCounterfactual`).
-        t_end: path length in units of the distance to the counterfactual centroid
-            (default: 3 for the gradient path, 1 for the linear one).
-        n_path_images: images drawn along the path (>= 2).
-        classifier, cae: models to use instead of the shipped ones.
-        image: a 1×28×28 or 1×1×28×28 image in ``[0, 1]`` to explain instead of ``index``.
-        label: its true label, shown in the figure (optional).
+        index: index into the task's shipped sample of test images (0..99), see
+            :func:`sample_task`; ignored when ``image`` is given.
+        out: PNG path to write (its folder is created).
+        task: ``"coats"`` or ``"planted"`` (:data:`PRETRAINED_TASKS`): whose shipped models
+            and samples to use.
+        target: class to explain, as an id or a class name (case-insensitive, e.g.
+            ``"coat"``); default: the classifier's prediction.
+        counterfactual_target: class to move toward (id or name); default: the nearest other
+            class-code centroid.
+        path, t_end, min_confidence, fit_steps: passed to
+            :meth:`CaeCounterfactual.attribute <captum_secam.cae.CaeCounterfactual.attribute>`.
+        n_path_images: images drawn along the path (>= 2, rows of at most 6).
+        classifier, cae: models to use instead of the task's shipped ones (the class names
+            come from ``cae.class_names``).
+        image: an H×W, C×H×W or 1×C×H×W image in ``[0, 1]`` to explain instead of ``index``.
+        label: its true class (id or name), shown in the figure (optional; with ``index`` the
+            sample's label is used).
 
     Returns:
         The path of the PNG written.
 
+    Raises:
+        ValueError: for an unknown task, an ``index`` out of range, an unknown class name or
+            id, an image that does not fit the CAE, or options ``attribute`` rejects.
+
     Example:
-        >>> explain_fashion_mnist(3, "explanation.png")  # doctest: +SKIP
+        >>> explain_sample(3, "explanation.png", task="planted")  # doctest: +SKIP
         PosixPath('explanation.png')
     """
-    from matplotlib.figure import Figure
-
-    from captum_secam.cae.attribution import CaeCounterfactual
-
-    if n_path_images < 2:
-        raise ValueError(f"n_path_images must be >= 2, got {n_path_images}.")
-    if classifier is None or cae is None:
-        clf0, cae0 = load_pretrained()
-        classifier = classifier if classifier is not None else clf0
-        cae = cae if cae is not None else cae0
-    if image is None:
-        images, labels = load_samples()
-        if not 0 <= index < images.shape[0]:
-            raise ValueError(f"index must be in 0..{images.shape[0] - 1}, got {index}.")
-        x = images[index : index + 1]
-        label = int(labels[index])
-    else:
-        x = image.reshape(1, 1, *image.shape[-2:]).float()
-    explainer = CaeCounterfactual(classifier, cae)
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # the figure title reports a missing flip
-        res = explainer.attribute(
-            x,
-            target=target,
-            counterfactual_target=counterfactual_target,
-            path=path,
-            t_end=t_end,
-            return_counterfactuals=True,
-        )
-    assert isinstance(res, CaeExplanation)
-    names = cae.class_names
-    flipped = bool(res.flipped[0])
-    t_star = float(res.flip_position[0]) if flipped else float("nan")
-    # images along the (straight) class-code segment from c to the counterfactual code
-    with torch.no_grad():
-        s, c = cae.encode(x)
-        cf_code = res.counterfactual_codes[:1]
-        fr = torch.linspace(0, 1, n_path_images)[:, None]
-        strip = cae.decode(s.expand(n_path_images, -1, -1, -1), c + fr * (cf_code - c))
-        probs = torch.softmax(classifier(strip), 1)
-    tgt, cft = int(res.target[0]), int(res.counterfactual_target[0])
-    ncols = 2 + n_path_images + 1
-    fig = Figure(figsize=(1.6 * ncols, 2.3))
-    axes = fig.subplots(1, ncols)
-    panels = [(x[0, 0], "original" + (f"\n(label {names[label]})" if label is not None else ""))]
-    panels.append((res.reconstructions[0, 0], "reconstruction"))
-    for i in range(n_path_images):
-        f = float(fr[i])
-        pos = f * t_star if flipped else f
-        panels.append((strip[i, 0], f"t={pos:.2f}\n{names[tgt][:8]} {float(probs[i, tgt]):.2f}"))
-    for ax, (img, title) in zip(axes[:-1], panels, strict=True):
-        ax.imshow(img.numpy(), cmap="gray", vmin=0, vmax=1)
-        ax.set_title(title, fontsize=7)
-        ax.axis("off")
-    sal = res.attributions[0, 0].numpy()
-    axes[-1].imshow(sal, cmap="hot", vmin=0, vmax=max(float(sal.max()), 1e-6))
-    axes[-1].set_title("saliency\n|cf − recon|", fontsize=7)
-    axes[-1].axis("off")
-    verdict = (
-        f"flipped to {names[int(res.counterfactual_prediction[0])]} at t*={t_star:.3f}"
-        if flipped
-        else "did NOT flip (map taken at the path end)"
-    )
-    fig.suptitle(
-        f"CAE counterfactual ({path}): explaining {names[tgt]!r}, moving toward {names[cft]!r}; "
-        f"{verdict}",
-        fontsize=8,
-    )
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    return out
+    return _explain_sample(
+        index,
+        out,
+        task=task,
+        target=target,
+        counterfactual_target=counterfactual_target,
+        path=path,
+        t_end=t_end,
+        min_confidence=min_confidence,
+        fit_steps=fit_steps,
+        n_path_images=n_path_images,
+        classifier=classifier,
+        cae=cae,
+        image=image,
+        label=label,
+    ).out

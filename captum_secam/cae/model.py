@@ -38,6 +38,13 @@ __all__ = ["CaeConfig", "ClassAssociationEmbedding", "cae_paths"]
 
 _FORMAT = "captum_secam.cae"
 _FORMAT_VERSION = 1
+_POOLINGS = ("mean", "mean_max")
+
+
+def _pool(x: Tensor, pooling: str) -> Tensor:
+    """N×C×h×w → N×C (mean) or N×2C (mean and max) pooled over positions."""
+    mean = x.mean(dim=(2, 3))
+    return mean if pooling == "mean" else torch.cat([mean, x.amax(dim=(2, 3))], 1)
 
 
 @dataclass(frozen=True)
@@ -60,25 +67,38 @@ class CaeConfig:
         disc_res_blocks: residual blocks in the discriminator.
         up_kernel: kernel size (odd) of the decoder's up-sampling convolutions (5 in the
             reference; 3 is ~2.8× cheaper).
+        pooling: how the class encoder and the discriminator pool over positions: ``"mean"``
+            (the reference) or ``"mean_max"`` (mean and max side by side, so a small local
+            feature -- a lesion, a mark -- is not averaged away).
+        disc_downsample: stride-2 steps of the discriminator (2: a ~26-px view at 28 px; the
+            reference's 256-px discriminator has 4).
         adain_upsampling: also modulate the decoder's up-sampling layers with AdaIN (instead of
             layer norm), giving the class code control at every scale; the reference decoder
             uses AdaIN only in the residual blocks.
         class_names: optional human-readable names, one per class.
+
+    The defaults are the small CPU recipe of the shipped 28-px models (``docs/cae.md``): one
+    down-sampling step (a 32×14×14 individual code), AdaIN at every decoder scale, mean+max
+    pooling. The authors' 256-px networks are wider and deeper (``base_channels=64``,
+    ``n_downsample=2``, ``n_res_blocks=4``, ``up_kernel=5``, ``adain_upsampling=False``,
+    ``pooling="mean"``, ``disc_downsample=4``).
     """
 
     image_size: tuple[int, int]
     in_channels: int
     num_classes: int
     class_code_dim: int = 8
-    base_channels: int = 32
-    n_downsample: int = 2
-    n_res_blocks: int = 2
+    base_channels: int = 16
+    n_downsample: int = 1
+    n_res_blocks: int = 1
     class_downsample: int = 4
     mlp_dim: int = 128
-    disc_channels: int = 32
+    disc_channels: int = 16
     disc_res_blocks: int = 1
-    up_kernel: int = 5
-    adain_upsampling: bool = False
+    up_kernel: int = 3
+    adain_upsampling: bool = True
+    pooling: str = "mean_max"
+    disc_downsample: int = 2
     class_names: tuple[str, ...] = field(default_factory=tuple)
 
     def validate(self) -> None:
@@ -94,6 +114,13 @@ class CaeConfig:
         for name in ("n_downsample", "n_res_blocks", "class_downsample", "disc_res_blocks"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        if self.pooling not in _POOLINGS:
+            raise ValueError(f"pooling must be one of {_POOLINGS}, got {self.pooling!r}.")
+        if self.disc_downsample < 1 or 2**self.disc_downsample > min(h, w):
+            raise ValueError(
+                f"disc_downsample must be >= 1 and leave at least 1 px of {self.image_size}, "
+                f"got {self.disc_downsample}."
+            )
         if self.up_kernel < 1 or self.up_kernel % 2 == 0:
             raise ValueError(f"up_kernel must be odd and >= 1, got {self.up_kernel}.")
         factor = 2**self.n_downsample
@@ -125,6 +152,9 @@ class CaeConfig:
                 f"Unknown CAE config keys {sorted(unknown)}; the file is not a CAE config."
             )
         kw = dict(d)
+        # files written before these options existed were built the reference way
+        kw.setdefault("pooling", "mean")
+        kw.setdefault("disc_downsample", 2)
         kw["image_size"] = tuple(int(v) for v in d["image_size"])
         kw["class_names"] = tuple(str(v) for v in d.get("class_names", ()))
         cfg = cls(**kw)
@@ -133,8 +163,11 @@ class CaeConfig:
 
     def sha256(self) -> str:
         """A hash of the canonical JSON form, stored in the weights file to pair the two files."""
-        text = json.dumps(self.to_json_dict(), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()
+        return _config_sha256(self.to_json_dict())
+
+
+def _config_sha256(config: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
 
 
 def cae_paths(path: str | Path) -> tuple[Path, Path]:
@@ -192,10 +225,12 @@ class _ClassEncoder(nn.Module):
             layers += [nn.Conv2d(ch, out, 4, stride=2, padding=1), nn.ReLU()]
             ch, h, w = out, h // 2, w // 2
         self.body = nn.Sequential(*layers)
-        self.proj = nn.Conv2d(ch, cfg.class_code_dim, 1)
+        self.pooling = cfg.pooling
+        width = ch if cfg.pooling == "mean" else 2 * ch
+        self.proj = nn.Conv2d(width, cfg.class_code_dim, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        y = F.adaptive_avg_pool2d(self.body(x), 1)
+        y = _pool(self.body(x), self.pooling)[:, :, None, None]
         return self.proj(y).flatten(1)
 
 
@@ -292,27 +327,28 @@ class _Decoder(nn.Module):
 class _Discriminator(nn.Module):
     def __init__(self, cfg: CaeConfig) -> None:
         super().__init__()
-        ch = cfg.disc_channels
-        layers: list[nn.Module] = [
-            nn.Conv2d(cfg.in_channels, ch, 4, stride=2, padding=1),
-            nn.LeakyReLU(0.2),
-            nn.Conv2d(ch, ch * 2, 4, stride=2, padding=1),
-            nn.LeakyReLU(0.2),
-        ]
-        ch *= 2
+        layers: list[nn.Module] = []
+        c_in = cfg.in_channels
+        for i in range(cfg.disc_downsample):  # widths ch, 2ch, 4ch, 8ch, 8ch, ...
+            c_out = cfg.disc_channels * 2 ** min(i, 3)
+            layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
+            c_in = c_out
+        ch = c_in
         self.body = nn.Sequential(*layers)
         self.res = nn.ModuleList(
             _ResBlock(ch, "none", act="lrelu") for _ in range(cfg.disc_res_blocks)
         )
+        self.pooling = cfg.pooling
+        width = ch if cfg.pooling == "mean" else 2 * ch
         self.head = nn.Sequential(
-            nn.Linear(ch, ch), nn.LeakyReLU(0.2), nn.Linear(ch, 2 + cfg.num_classes)
+            nn.Linear(width, ch), nn.LeakyReLU(0.2), nn.Linear(ch, 2 + cfg.num_classes)
         )
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         y = self.body(x)
         for block in self.res:
             y = block(y)
-        out = self.head(y.mean(dim=(2, 3)))
+        out = self.head(_pool(y, self.pooling))
         return out[:, :2], out[:, 2:]
 
 
@@ -331,12 +367,13 @@ class ClassAssociationEmbedding(nn.Module):
 
     Args:
         image_size: ``int`` (square) or ``(height, width)``; each divisible by
-            ``2**n_downsample`` (28 px works with the default 2 steps).
+            ``2**n_downsample`` (any even size with the default single step).
         in_channels: 1 or 3.
         num_classes: number of classes ``K >= 2``.
         class_code_dim: length of the class code (default 8, as in the paper).
         base_channels, n_downsample, n_res_blocks, class_downsample, mlp_dim, disc_channels,
-            disc_res_blocks, up_kernel, adain_upsampling: widths and depths, see :class:`CaeConfig`.
+            disc_res_blocks, up_kernel, adain_upsampling, pooling, disc_downsample: widths,
+            depths and options, see :class:`CaeConfig`.
         class_names: optional names, one per class.
 
     Example:
@@ -355,15 +392,17 @@ class ClassAssociationEmbedding(nn.Module):
         num_classes: int,
         class_code_dim: int = 8,
         *,
-        base_channels: int = 32,
-        n_downsample: int = 2,
-        n_res_blocks: int = 2,
+        base_channels: int = 16,
+        n_downsample: int = 1,
+        n_res_blocks: int = 1,
         class_downsample: int = 4,
         mlp_dim: int = 128,
-        disc_channels: int = 32,
+        disc_channels: int = 16,
         disc_res_blocks: int = 1,
-        up_kernel: int = 5,
-        adain_upsampling: bool = False,
+        up_kernel: int = 3,
+        adain_upsampling: bool = True,
+        pooling: str = "mean_max",
+        disc_downsample: int = 2,
         class_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
@@ -388,6 +427,8 @@ class ClassAssociationEmbedding(nn.Module):
             disc_res_blocks=disc_res_blocks,
             up_kernel=up_kernel,
             adain_upsampling=adain_upsampling,
+            pooling=pooling,
+            disc_downsample=disc_downsample,
             class_names=tuple(class_names) if class_names is not None else (),
         )
         cfg.validate()
@@ -400,6 +441,21 @@ class ClassAssociationEmbedding(nn.Module):
         self.class_code_head = nn.Linear(cfg.class_code_dim, cfg.num_classes)
         self.register_buffer("centroids", None, persistent=False)
         self.training_info: dict[str, Any] = {}
+
+    @classmethod
+    def from_config(cls, config: CaeConfig) -> ClassAssociationEmbedding:
+        """A new (untrained) model with the architecture ``config``."""
+        kwargs = {k: getattr(config, k) for k in config.__dataclass_fields__}
+        for k in ("image_size", "in_channels", "num_classes", "class_code_dim"):
+            kwargs.pop(k)
+        kwargs["class_names"] = config.class_names or None
+        return cls(
+            config.image_size,
+            config.in_channels,
+            config.num_classes,
+            config.class_code_dim,
+            **kwargs,
+        )
 
     # ------------------------------------------------------------------ properties
     @property
@@ -602,27 +658,13 @@ class ClassAssociationEmbedding(nn.Module):
                 f"{_FORMAT_VERSION}."
             )
         cfg = CaeConfig.from_json_dict(doc["config"])
-        model = cls(
-            cfg.image_size,
-            cfg.in_channels,
-            cfg.num_classes,
-            cfg.class_code_dim,
-            base_channels=cfg.base_channels,
-            n_downsample=cfg.n_downsample,
-            n_res_blocks=cfg.n_res_blocks,
-            class_downsample=cfg.class_downsample,
-            mlp_dim=cfg.mlp_dim,
-            disc_channels=cfg.disc_channels,
-            disc_res_blocks=cfg.disc_res_blocks,
-            up_kernel=cfg.up_kernel,
-            adain_upsampling=cfg.adain_upsampling,
-            class_names=cfg.class_names or None,
-        )
+        model = cls.from_config(cfg)
         with safe_open(str(wpath), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
             if meta.get("format") != _FORMAT:
                 raise ValueError(f"{wpath} is not a captum_secam CAE weights file.")
-            if meta.get("config_sha256") != cfg.sha256():
+            # the hash of the config as stored: files from before a new option still match
+            if meta.get("config_sha256") != _config_sha256(doc["config"]):
                 raise ValueError(
                     f"{wpath} was saved with a different config than {cpath}; keep the "
                     ".safetensors and .json files of one save() together."

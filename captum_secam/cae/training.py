@@ -14,13 +14,30 @@ Generator loss (L1 everywhere; reference weights of the authors' code)::
     10·(|â−a| + |b̂−b|) + 1·(|c_ab'−c_b| + |c_ba'−c_a|) + 1·(|s_ab'−s_a| + |s_ba'−s_b|)
     + 10·(|x_aba−a| + |x_bab−b|) + 1·adv(x_ab, x_ba) + 1·CE(D_cls(x_ab), y_b) + CE(D_cls(x_ba), y_a)
 
-Optional (weight ``code_class``, 0 in the reference): cross-entropy of a linear probe on the
-class codes, ``CE(W·c_a, y_a) + CE(W·c_b, y_b)``; it prevents the class codes from collapsing to
-a constant when training is short (the class-code reconstruction loss is trivially satisfied by
-a constant code while the decoder still ignores it).
-
 Discriminator loss: ``1·`` real/fake cross-entropy (real images vs. swaps) ``+ 2·`` class
-cross-entropy on real images. Adam, ``lr=1e-4``, ``betas=(0.5, 0.999)``.
+cross-entropy on real images. Adam, ``betas=(0.5, 0.999)``. These are
+:data:`REFERENCE_LOSS_WEIGHTS`.
+
+**The default recipe** (:data:`DEFAULT_LOSS_WEIGHTS`, ``lr=3e-4``, batch 16, 300 warm-up steps;
+measured in ``docs/cae.md``) adds terms that make a short CPU run separate class from
+individual, where the reference weights give a decoder that copies its individual donor:
+
+* ``class`` 5 (reference 1): the swap class loss is the only force that makes the decoder obey
+  the class code;
+* ``code_class`` 1: a linear probe ``W`` must read the label from the class code,
+  ``CE(W·c, y)``, so the class codes of different classes stay apart (without it they
+  collapse to a constant in a short run);
+* ``class_code_center`` 1: the within-class share of the class codes' variance, so the class
+  code carries the class and not the individual's look (the decoder must take the look from
+  the individual code);
+* ``swap_proximity`` 3: ``|x_ab − â|`` with ``â`` detached -- a swap changes its individual's
+  image only as much as the class needs (the proximity term of counterfactual explanations);
+* ``discriminator_warmup=300``: class-only steps of the discriminator and of the class-code
+  probe before the swap training, so the class loss teaches the decoder from the first step.
+
+Optional, 0 by default: ``conditional_adversarial`` / ``d_conditional``, a projection-style
+class-conditional real/fake score (the swap must look like a real image *of its class*), and
+``discriminator_noise``, instance noise on the discriminator's inputs.
 
 The external classifier being explained is not used in training.
 """
@@ -33,7 +50,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -41,9 +58,18 @@ from torch import Tensor
 
 from captum_secam.cae.model import ClassAssociationEmbedding
 
-__all__ = ["DEFAULT_LOSS_WEIGHTS", "TrainingHistory", "dataset_labels", "train_cae"]
+if TYPE_CHECKING:
+    from captum_secam.cae.monitor import TrainingMonitor
 
-DEFAULT_LOSS_WEIGHTS: dict[str, float] = {
+__all__ = [
+    "DEFAULT_LOSS_WEIGHTS",
+    "REFERENCE_LOSS_WEIGHTS",
+    "TrainingHistory",
+    "dataset_labels",
+    "train_cae",
+]
+
+REFERENCE_LOSS_WEIGHTS: dict[str, float] = {
     "recon": 10.0,
     "class_code": 1.0,
     "individual_code": 1.0,
@@ -51,9 +77,24 @@ DEFAULT_LOSS_WEIGHTS: dict[str, float] = {
     "adversarial": 1.0,
     "class": 1.0,
     "code_class": 0.0,
+    "class_code_center": 0.0,
+    "swap_proximity": 0.0,
+    "conditional_adversarial": 0.0,
     "d_real_fake": 1.0,
     "d_class": 2.0,
+    "d_conditional": 0.0,
 }
+"""The authors' weights (their public code); the terms they do not have are 0."""
+
+DEFAULT_LOSS_WEIGHTS: dict[str, float] = {
+    **REFERENCE_LOSS_WEIGHTS,
+    "class": 5.0,
+    "code_class": 1.0,
+    "class_code_center": 1.0,
+    "swap_proximity": 3.0,
+}
+"""The default recipe (module docstring): the reference plus the terms that separate class
+from individual in a short run."""
 
 _CKPT_NAME = "cae_training_checkpoint.pt"
 
@@ -105,8 +146,8 @@ def train_cae(
     dataset: Any,
     *,
     steps: int,
-    batch_size: int = 32,
-    lr: float = 1e-4,
+    batch_size: int = 16,
+    lr: float = 3e-4,
     betas: tuple[float, float] = (0.5, 0.999),
     seed: int = 0,
     device: str | torch.device | None = None,
@@ -118,7 +159,10 @@ def train_cae(
     centroid_samples: int | None = 10000,
     labels: Sequence[int] | Tensor | None = None,
     time_limit: float | None = None,
-    discriminator_warmup: int = 0,
+    discriminator_warmup: int = 300,
+    monitor: TrainingMonitor | None = None,
+    discriminator_noise: float = 0.0,
+    lr_schedule: str = "linear",
 ) -> TrainingHistory:
     """Train ``cae`` with the pairing / code-swap objective, then store class-code centroids.
 
@@ -146,12 +190,21 @@ def train_cae(
             resumed run) have passed; ``history.steps`` tells how many steps ran. Runs cut by
             the clock are not reproducible across machines.
         discriminator_warmup: before the first step of a fresh run, train only the
-            discriminator's class head (and its shared trunk) on real images for this many
+            discriminator's class head (and its shared trunk) -- and, when ``code_class`` is
+            weighted, the class encoder with its linear probe -- on real images for this many
             steps of ``2·batch_size`` images (not in the reference, 0 there). A short run
             otherwise starts with a discriminator that cannot tell the classes apart, so the
             class loss on the swapped images teaches the decoder little about the class code.
             Its time counts toward ``time_limit`` (which is checked after each training step),
             and its losses are kept in the checkpoint, so a resumed run does not repeat it.
+        monitor: a :class:`~captum_secam.cae.TrainingMonitor` that logs losses to CSV (and
+            TensorBoard), runs the validation report every few steps, saves swap-grid
+            snapshots and may stop training early (then the best weights are restored).
+        discriminator_noise: standard deviation of Gaussian instance noise added to the
+            discriminator's inputs (0: none, as in the reference).
+        lr_schedule: ``"linear"`` (default: both learning rates fall linearly from ``lr`` to 0
+            over ``steps``, which settles the adversarial game; a run cut by ``time_limit``
+            stops before the end of the decay) or ``"constant"`` (the reference).
 
     Returns:
         A :class:`TrainingHistory` with the per-step losses.
@@ -163,6 +216,8 @@ def train_cae(
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}.")
+    if lr_schedule not in ("linear", "constant"):
+        raise ValueError(f"lr_schedule must be 'linear' or 'constant', got {lr_schedule!r}.")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     if (
@@ -235,12 +290,25 @@ def train_cae(
 
     if start == 0 and discriminator_warmup > 0:
         t_w = time.perf_counter()
+        opt_code = opt_g if weights["code_class"] > 0 else None
         warm = _warm_up_discriminator(
-            cae, dataset, n, lab, opt_d, gen, discriminator_warmup, 2 * batch_size, dev, progress
+            cae,
+            dataset,
+            n,
+            lab,
+            opt_d,
+            opt_code,
+            gen,
+            discriminator_warmup,
+            2 * batch_size,
+            dev,
+            progress,
         )
         history.losses["d_warmup_class"] = warm
         history.seconds += time.perf_counter() - t_w
 
+    if monitor is not None:
+        monitor.on_start(start)
     bar: Any = None
     if progress and steps > start:
         from tqdm.auto import tqdm
@@ -251,6 +319,9 @@ def train_cae(
     seconds0 = history.seconds
     try:
         for step in range(start, steps):
+            factor = 1.0 - step / steps if lr_schedule == "linear" else 1.0
+            for group in (*opt_g.param_groups, *opt_d.param_groups):
+                group["lr"] = lr * factor  # a function of the step alone: resume-safe
             idx_a = torch.randint(0, n, (batch_size,), generator=gen)
             ya = lab[idx_a]
             # other class: uniform among present classes != ya
@@ -267,7 +338,9 @@ def train_cae(
             xa = _fetch(dataset, idx_a).to(dev, torch.float32)
             xb = _fetch(dataset, idx_b).to(dev, torch.float32)
             ya_d, yb_d = ya.to(dev), yb.to(dev)
-            losses = _train_step(cae, xa, xb, ya_d, yb_d, opt_g, opt_d, weights)
+            losses = _train_step(
+                cae, xa, xb, ya_d, yb_d, opt_g, opt_d, weights, discriminator_noise, gen
+            )
             for k, v in losses.items():
                 history.losses.setdefault(k, []).append(v)
                 running[k] = v if k not in running else 0.95 * running[k] + 0.05 * v
@@ -280,13 +353,17 @@ def train_cae(
                 )
             if ckpt_path is not None and (step + 1) % checkpoint_every == 0:
                 save_ckpt(step + 1)
+            if monitor is not None and monitor.on_step(step + 1, losses, cae):
+                break
             if time_limit is not None and history.seconds >= time_limit:
                 break
     finally:
         if bar is not None:
             bar.close()
     if ckpt_path is not None and history.steps > start:
-        save_ckpt(history.steps)
+        save_ckpt(history.steps)  # the weights of the last step: a resumed run goes on from here
+    if monitor is not None:
+        monitor.on_end(history.steps, cae)
     cae.zero_grad(set_to_none=True)
 
     # centroids of the class codes
@@ -328,6 +405,7 @@ def train_cae(
         "batch_size": batch_size,
         "lr": lr,
         "betas": list(betas),
+        "lr_schedule": lr_schedule,
         "seed": seed,
         "loss_weights": weights,
         "seconds": round(history.seconds, 2),
@@ -346,13 +424,15 @@ def _warm_up_discriminator(
     n: int,
     lab: Tensor,
     opt_d: torch.optim.Optimizer,
+    opt_code: torch.optim.Optimizer | None,
     gen: torch.Generator,
     steps: int,
     batch_size: int,
     dev: torch.device,
     progress: bool,
 ) -> list[float]:
-    """Class cross-entropy steps of the discriminator on real images; returns the losses."""
+    """Class cross-entropy steps of the discriminator on real images (and, with ``opt_code``,
+    of the class encoder's linear probe); returns the discriminator's losses."""
     it: Any = range(steps)
     if progress:
         from tqdm.auto import tqdm
@@ -362,11 +442,17 @@ def _warm_up_discriminator(
     for _ in it:
         idx = torch.randint(0, n, (batch_size,), generator=gen)
         x = _fetch(dataset, idx).to(dev, torch.float32)
+        y = lab[idx].to(dev)
         _, cls = cae.discriminate(x)
-        loss = F.cross_entropy(cls, lab[idx].to(dev))
+        loss = F.cross_entropy(cls, y)
         opt_d.zero_grad(set_to_none=True)
         loss.backward()
         opt_d.step()
+        if opt_code is not None:  # the class encoder learns to read the class as well
+            code_loss = F.cross_entropy(cae.class_code_head(cae.encode_class(x)), y)
+            opt_code.zero_grad(set_to_none=True)
+            code_loss.backward()
+            opt_code.step()
         losses.append(float(loss.detach()))
         if not math.isfinite(losses[-1]):
             raise FloatingPointError("discriminator warm-up diverged; lower lr or check images.")
@@ -382,6 +468,8 @@ def _train_step(
     opt_g: torch.optim.Optimizer,
     opt_d: torch.optim.Optimizer,
     w: Mapping[str, float],
+    noise: float = 0.0,
+    gen: torch.Generator | None = None,
 ) -> dict[str, float]:
     n = xa.shape[0]
     real = torch.ones(n, dtype=torch.long, device=xa.device)
@@ -397,7 +485,8 @@ def _train_step(
     swaps = torch.cat([x_ab, x_ba])
     s2, c2 = cae.encode(swaps)
     cyc = cae.decode(s2, c)  # (s_ab', c_a) -> a ; (s_ba', c_b) -> b
-    rf, cls = cae.discriminate(swaps)
+    y_swap = torch.cat([yb, ya])  # the class each swap should show (its class-code donor's)
+    rf, cls = cae.discriminate(_noisy(swaps, noise, gen))
     l_recon = F.l1_loss(rec, x)
     l_cc = F.l1_loss(c2, torch.cat([c_b, c_a]))
     l_ic = F.l1_loss(s2, s)
@@ -407,6 +496,16 @@ def _train_step(
     # optional (not in the reference): a linear probe must read the label from the class code,
     # which keeps the class codes of different classes apart (no collapse of Ec)
     l_code_cls = F.cross_entropy(cae.class_code_head(c), torch.cat([ya, yb]))
+    # optional (not in the reference): class codes of one class gather around their mean, so
+    # the class code cannot carry the individual's look (scale-free: within / total spread)
+    l_center = _within_class_spread(c, torch.cat([ya, yb]))
+    # optional (not in the reference): a swap changes its individual's image only as much as
+    # the class needs (the proximity term of counterfactual explanations)
+    l_prox = F.l1_loss(swaps, rec.detach())
+    # optional (not in the reference): a class-conditional real/fake score (projection
+    # discriminator) -- the swap must look like a *real image of its class*, which a pattern
+    # that merely fools the class head does not
+    l_cond = F.softplus(-_conditional_score(rf, cls, y_swap)).mean()
     g_total = (
         w["recon"] * l_recon
         + w["class_code"] * l_cc
@@ -415,18 +514,28 @@ def _train_step(
         + w["adversarial"] * l_adv
         + w["class"] * l_cls
         + w["code_class"] * l_code_cls
+        + w["class_code_center"] * l_center
+        + w["swap_proximity"] * l_prox
+        + w["conditional_adversarial"] * l_cond
     )
     opt_g.zero_grad(set_to_none=True)
     g_total.backward()
     opt_g.step()
     # ---------------- discriminator
-    rf_real, cls_real = cae.discriminate(x)
-    rf_fake, _ = cae.discriminate(swaps.detach())
+    rf_real, cls_real = cae.discriminate(_noisy(x, noise, gen))
+    rf_fake, cls_fake = cae.discriminate(_noisy(swaps.detach(), noise, gen))
     l_d_rf = F.cross_entropy(rf_real, torch.cat([real, real])) + F.cross_entropy(
         rf_fake, torch.cat([fake, fake])
     )
     l_d_cls = F.cross_entropy(cls_real, torch.cat([ya, yb]))
-    d_total = w["d_real_fake"] * l_d_rf + w["d_class"] * l_d_cls
+    y_real = torch.cat([ya, yb])
+    l_d_cond = (
+        F.softplus(-_conditional_score(rf_real, cls_real, y_real)).mean()
+        + F.softplus(_conditional_score(rf_fake, cls_fake, y_swap)).mean()
+        # a real image paired with another class is "fake" too (matching-aware)
+        + F.softplus(_conditional_score(rf_real, cls_real, y_real.flip(0))).mean()
+    )
+    d_total = w["d_real_fake"] * l_d_rf + w["d_class"] * l_d_cls + w["d_conditional"] * l_d_cond
     opt_d.zero_grad(set_to_none=True)
     d_total.backward()
     opt_d.step()
@@ -439,9 +548,13 @@ def _train_step(
         "adversarial": l_adv,
         "class": l_cls,
         "code_class": l_code_cls,
+        "class_code_center": l_center,
+        "swap_proximity": l_prox,
+        "conditional_adversarial": l_cond,
         "d_total": d_total,
         "d_real_fake": l_d_rf,
         "d_class": l_d_cls,
+        "d_conditional": l_d_cond,
     }
     vals = {k: float(v.detach()) for k, v in out.items()}
     for k, v in vals.items():
@@ -450,6 +563,30 @@ def _train_step(
                 f"CAE training diverged at loss {k!r} (= {v}); lower lr or check the images."
             )
     return vals
+
+
+def _noisy(x: Tensor, sigma: float, gen: torch.Generator | None) -> Tensor:
+    """Instance noise on the discriminator's inputs (hides patterns too faint to be real);
+    drawn on the CPU from the training generator, so runs stay reproducible."""
+    if sigma == 0:
+        return x
+    noise = torch.randn(x.shape, generator=gen).to(device=x.device, dtype=x.dtype)
+    return (x + sigma * noise).clamp(0.0, 1.0)
+
+
+def _conditional_score(rf: Tensor, cls: Tensor, y: Tensor) -> Tensor:
+    """Projection-discriminator logit of "a real image of class y": real/fake margin + class
+    logit of y."""
+    return rf[:, 1] - rf[:, 0] + cls.gather(1, y[:, None])[:, 0]
+
+
+def _within_class_spread(codes: Tensor, labels: Tensor) -> Tensor:
+    """Within-class share of the class codes' total variance (0 = every class is one point)."""
+    total = (codes - codes.mean(0)).pow(2).sum(1).mean()
+    onehot = F.one_hot(labels, int(labels.max()) + 1).to(codes.dtype)
+    means = (onehot.T @ codes) / onehot.sum(0).clamp_min(1.0)[:, None]
+    within = (codes - means[labels]).pow(2).sum(1).mean()
+    return within / (total + 1e-8)
 
 
 def _load_checkpoint(
