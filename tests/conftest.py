@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import matplotlib
 import pytest
@@ -61,3 +62,27 @@ def grid_mask(height: int, width: int, rows: int, cols: int) -> torch.Tensor:
     r = torch.arange(height)[:, None] * rows // height
     c = torch.arange(width)[None, :] * cols // width
     return (r * cols + c)[None, None].long()
+
+
+def tiny_reference_cae(channels: int = 1, classes: int = 2, size: int = 16) -> Any:
+    """A tiny seeded CAE in the reference layout (two down-sampling steps, AdaIN in the
+    residual blocks only, mean pooling): the seeded flips and brightness margins of the CAE
+    tests were built on it, not on the small-CPU-recipe defaults."""
+    from captum_secam.cae import ClassAssociationEmbedding
+
+    torch.manual_seed(0)
+    return ClassAssociationEmbedding(
+        size,
+        channels,
+        classes,
+        class_code_dim=4,
+        base_channels=4,
+        n_res_blocks=1,
+        mlp_dim=8,
+        disc_channels=4,
+        up_kernel=3,
+        n_downsample=2,
+        adain_upsampling=False,
+        pooling="mean",
+        disc_downsample=2,
+    ).eval()
