@@ -236,13 +236,9 @@ def _codes_and_swaps(
 ) -> dict[str, Tensor]:
     """Reconstructions, swaps ``G(s_a, c_b)``, cycles and the classifier's predictions."""
     n = images.shape[0]
-    s, c = cae.encode(images[:1])
-    s_all = torch.empty(n, *s.shape[1:], device=images.device)
-    c_all = torch.empty(n, c.shape[1], device=images.device)
-    for i in range(0, n, batch_size):
-        s_all[i : i + batch_size], c_all[i : i + batch_size] = cae.encode(
-            images[i : i + batch_size]
-        )
+    codes = [cae.encode(images[i : i + batch_size]) for i in range(0, n, batch_size)]
+    s_all = torch.cat([s for s, _ in codes])
+    c_all = torch.cat([c for _, c in codes])
     partner = swap_pairs(labels, seed).to(images.device)
 
     def recon(sl: slice) -> Tensor:
