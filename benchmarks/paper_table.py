@@ -105,7 +105,7 @@ def explain_photo(model: torch.nn.Module, sample: Sample) -> dict[str, Any]:
     cam = LayerAttribution.interpolate(cam, (224, 224), "bilinear").detach()
     gradcam_s = time.perf_counter() - start
 
-    # --- SeCam with the library defaults (it segments by itself, overlapped with the CAM).
+    # --- SeCam with the library defaults (it segments by itself, after the CAM).
     secam = SeCam(model, model._bn1)  # type: ignore[arg-type]
     start = time.perf_counter()
     secam_attr = secam.attribute(x, target=target)

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -287,12 +288,33 @@ def segment(
     labels = [
         _segment_one(arr, method, n_segments, compactness, working_size, kwargs) for arr in arrays
     ]
+    for index, (arr, label_map) in enumerate(zip(arrays, labels, strict=True)):
+        _warn_if_single_segment(arr, label_map, method, n_segments, index)
     mask = torch.from_numpy(np.stack(labels).astype(np.int64)).unsqueeze(1)
     mask = relabel_sequential(mask)
     if photo is not None and isinstance(images, Tensor) and mask.shape[0] != images.shape[0]:
         mask = mask.expand(images.shape[0], -1, -1, -1).contiguous()
     device = images.device if isinstance(images, Tensor) else torch.device("cpu")
     return mask.to(device)
+
+
+def _warn_if_single_segment(
+    img: np.ndarray, labels: np.ndarray, method: str, n_segments: int | None, index: int
+) -> None:
+    """Warn when a non-constant image comes back as one segment (every score would be equal)."""
+    if n_segments == 1 or float(img.max() - img.min()) < 1e-12:
+        return  # one segment was asked for, or there is nothing to separate
+    if np.unique(labels).size > 1:
+        return
+    warnings.warn(
+        f"{method} returned a single segment for image {index}, which is not constant, so "
+        "every per-segment score will be the same value. Ask for more segments "
+        "(n_segments=...), lower the compactness (e.g. compactness=0.1), use method='grid', "
+        "or segment a real photo (photo=...): uniform noise such as torch.rand has no regions "
+        "for SLIC to find.",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def _spatial_shape(images: Any) -> tuple[int, int]:

@@ -646,3 +646,42 @@ def test_counterfactual_target_equal_to_predicted_class_is_rejected(setup) -> No
     pred = int(probe(x[:1]).argmax(1))
     with pytest.raises(ValueError, match="equals the predicted class"):
         CaeCounterfactual(probe, cae).attribute(x[:1], counterfactual_target=pred)
+
+
+# ----------------------------------------------------------------------------------------------
+# Captum conventions for targets (issue #10)
+# ----------------------------------------------------------------------------------------------
+
+
+def test_targets_are_read_as_captum_reads_them(setup) -> None:  # type: ignore[no-untyped-def]
+    """A 1-tuple is one class for all (Captum's tuple indexes the output's dimensions);
+    "predicted" is the default spelled out; wrong targets are ValueError and AssertionError."""
+    import dataclasses
+
+    from captum_secam.secam import TargetError
+
+    cae, probe, x = setup
+    explainer = CaeCounterfactual(probe, cae)
+    quiet = warnings.catch_warnings()
+    with quiet:
+        warnings.simplefilter("ignore", UserWarning)
+        torch.testing.assert_close(
+            explainer.attribute(x[:2], target=(0,)), explainer.attribute(x[:2], target=0)
+        )
+        torch.testing.assert_close(
+            explainer.attribute(x[:2], target="predicted"), explainer.attribute(x[:2])
+        )
+        named = copy.deepcopy(cae)
+        named.config = dataclasses.replace(named.config, class_names=("coat", "shirt"))
+        by_name = CaeCounterfactual(probe, named).attribute(x[:2], target=["coat", "shirt"])
+        torch.testing.assert_close(by_name, explainer.attribute(x[:2], target=[0, 1]))
+    for bad in ((9999,) * 20, (0, 1), [0, 1, 0], 7, "trousers"):
+        with pytest.raises(TargetError) as caught:
+            explainer.attribute(x[:2], target=bad)
+        assert isinstance(caught.value, ValueError) and isinstance(caught.value, AssertionError)
+
+
+def test_model_outputs_that_are_not_tensors_get_the_wrapper(setup) -> None:  # type: ignore[no-untyped-def]
+    cae, probe, x = setup
+    with pytest.raises(TypeError, match=r"lambda \*x: model\(\*x\)\['logits'\]"):
+        CaeCounterfactual(lambda i: {"logits": probe(i)}, cae).attribute(x[:1], target=0)

@@ -71,7 +71,7 @@ def test_class_code_changes_the_image() -> None:
         (dict(pooling="max"), "pooling must be one of"),
         (dict(disc_downsample=0), "disc_downsample must be >= 1"),
         (dict(disc_downsample=5), "disc_downsample must be >= 1 and leave at least 1 px"),
-        (dict(in_channels=2), "in_channels must be 1 or 3"),
+        (dict(in_channels=0), "in_channels must be an int >= 1"),
         (dict(num_classes=1), "num_classes must be >= 2"),
         (dict(class_names=["a", "b"]), "one name per class"),
         (dict(up_kernel=4), "up_kernel must be odd"),

@@ -357,7 +357,7 @@ def secam(gap_model):
 def test_rejects_non_4d_inputs(secam, images):
     with pytest.raises(ValueError, match="unsqueeze"):
         secam.attribute(images[0], target=0)
-    with pytest.raises(ValueError, match="4-D"):
+    with pytest.raises(ValueError, match="N×F feature vectors"):
         secam.attribute(images.flatten(), target=0)
 
 
@@ -463,9 +463,9 @@ def test_rejects_non_spatial_layers(gap_model, images):
         secam.attribute(images, target=0, feature_mask=grid_mask(16, 16, 2, 2))
 
 
-def test_rejects_model_outputs_that_are_not_n_by_classes(gap_model, images):
-    secam = SeCam(lambda x: gap_model(x)[:, :, None], gap_model.features_out)
-    with pytest.raises(ValueError, match="N×classes"):
+def test_rejects_int_targets_on_multi_dimensional_outputs(gap_model, images):
+    secam = SeCam(lambda x: gap_model(x)[:, :, None].expand(-1, -1, 3), gap_model.features_out)
+    with pytest.raises(ValueError, match="tuple of 2 indices"):
         secam.attribute(images, target=0, feature_mask=grid_mask(16, 16, 2, 2))
 
 
@@ -566,3 +566,250 @@ def test_numpy_masks_are_accepted(secam, images):
         secam.attribute(images, target=0, feature_mask=mask[0, 0].numpy().astype(np.int32)),
         secam.attribute(images, target=0, feature_mask=mask),
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# Captum conventions (issue #10)
+# ----------------------------------------------------------------------------------------------
+
+
+def test_signature_starts_with_layer_grad_cams_arguments_in_order():
+    import inspect
+
+    ours = list(inspect.signature(SeCam.attribute).parameters)
+    theirs = list(inspect.signature(LayerGradCam.attribute).parameters)
+    assert ours[: len(theirs)] == theirs
+    params = inspect.signature(SeCam.attribute).parameters
+    assert all(params[name].kind is inspect.Parameter.KEYWORD_ONLY for name in ours[len(theirs) :])
+
+
+def test_old_positional_feature_mask_gets_a_migration_error(secam, images):
+    with pytest.raises(TypeError, match="feature_mask="):
+        secam.attribute(images, 0, None, grid_mask(16, 16, 2, 2))  # type: ignore[arg-type]
+
+
+def test_positional_arguments_follow_layer_grad_cam(gap_model, images):
+    mask = grid_mask(16, 16, 2, 2)
+    secam = SeCam(gap_model, gap_model.features_out)
+    positional = secam.attribute(images, 1, None, False, True, True, None, feature_mask=mask)
+    keywords = secam.attribute(images, target=1, relu_attributions=True, feature_mask=mask)
+    torch.testing.assert_close(positional, keywords)
+
+
+def test_attr_dim_summation_false_is_refused(secam, images):
+    with pytest.raises(ValueError, match="attr_dim_summation"):
+        secam.attribute(images, target=0, attr_dim_summation=False)
+
+
+def test_grad_kwargs_reach_autograd(gap_model, images):
+    mask = grid_mask(16, 16, 2, 2)
+    secam = SeCam(gap_model, gap_model.features_out)
+    plain = secam.attribute(images, target=0, feature_mask=mask)
+    kept = secam.attribute(images, target=0, feature_mask=mask, grad_kwargs={"retain_graph": True})
+    torch.testing.assert_close(plain, kept)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        secam.attribute(images, target=0, feature_mask=mask, grad_kwargs={"no_such_option": 1})
+
+
+def test_multiplies_by_inputs_tells_the_truth(gap_model):
+    """The default map is gradient × activation, like LayerGradientXActivation(True)."""
+    secam = SeCam(gap_model, gap_model.features_out)
+    gxa = LayerGradientXActivation(gap_model, gap_model.features_out)
+    assert secam.multiplies_by_inputs is True
+    assert secam.multiplies_by_inputs == gxa.multiplies_by_inputs
+    assert NoiseTunnel(secam).multiplies_by_inputs is True
+
+
+def test_target_errors_are_value_and_assertion_errors(secam, images):
+    from captum_secam.secam import TargetError
+
+    assert issubclass(TargetError, ValueError) and issubclass(TargetError, AssertionError)
+    for bad in (99, [0, 1], (9999,) * 20, "tabby"):
+        with pytest.raises(TargetError):
+            secam.attribute(images, target=bad, feature_mask=grid_mask(16, 16, 2, 2))
+
+
+def test_tuple_targets_are_read_as_captum_reads_them(gap_model, images):
+    """A tuple indexes the dimensions after the batch: (c,) is column c for every example."""
+    mask = grid_mask(16, 16, 2, 2)
+    secam = SeCam(gap_model, gap_model.features_out)
+    torch.testing.assert_close(
+        secam.attribute(images, target=(2,), feature_mask=mask),
+        secam.attribute(images, target=2, feature_mask=mask),
+    )
+    with pytest.raises(ValueError, match="indexes 3 dimensions"):
+        secam.attribute(images, target=(0, 1, 2), feature_mask=mask)  # not one per example
+
+
+def test_tuple_targets_select_from_multi_dimensional_outputs(gap_model, images):
+    mask = grid_mask(16, 16, 2, 2)
+
+    def two_heads(x: torch.Tensor) -> torch.Tensor:  # N×5×2: one forward pass, two "heads"
+        y = gap_model(x)
+        return torch.stack([y, 2 * y], 2)
+
+    stacked = SeCam(two_heads, gap_model.conv2)
+    plain = SeCam(gap_model, gap_model.conv2)
+    torch.testing.assert_close(
+        stacked.attribute(images, target=[(1, 1), (2, 0), (0, 1)], feature_mask=mask),
+        plain.attribute(images, target=[1, 2, 0], feature_mask=mask)
+        * torch.tensor([2.0, 1.0, 2.0]).reshape(3, 1, 1, 1),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    with pytest.raises(ValueError, match="out of range"):
+        stacked.attribute(images, target=(1, 2), feature_mask=mask)
+
+
+def test_predicted_target_and_none(gap_model, images):
+    """None keeps Captum's meaning for one score per example; on N×classes it is "predicted"."""
+    mask = grid_mask(16, 16, 2, 2)
+    secam = SeCam(gap_model, gap_model.features_out)
+    predicted = gap_model(images).argmax(1)
+    expected = secam.attribute(images, target=predicted, feature_mask=mask)
+    torch.testing.assert_close(secam.attribute(images, "predicted", feature_mask=mask), expected)
+    torch.testing.assert_close(secam.attribute(images, None, feature_mask=mask), expected)
+    single = SeCam(lambda x: gap_model(x)[:, 3], gap_model.features_out)
+    torch.testing.assert_close(
+        single.attribute(images, feature_mask=mask),
+        secam.attribute(images, target=3, feature_mask=mask),
+    )
+    with pytest.raises(ValueError, match="leave target=None"):
+        single.attribute(images, target=0, feature_mask=mask)
+
+
+def test_class_names_are_accepted_as_targets(gap_model, images):
+    names = ["tabby", "tiger cat", "Persian cat", "dog", "crane"]
+    mask = grid_mask(16, 16, 2, 2)
+    secam = SeCam(gap_model, gap_model.features_out, class_names=names)
+    torch.testing.assert_close(
+        secam.attribute(images, target="tiger cat", feature_mask=mask),
+        secam.attribute(images, target=1, feature_mask=mask),
+    )
+    torch.testing.assert_close(
+        secam.attribute(images, target=["Tabby", "dog", "crane"], feature_mask=mask),
+        secam.attribute(images, target=[0, 3, 4], feature_mask=mask),
+    )
+    with pytest.raises(ValueError, match=r"did you mean \['tabby'\]"):
+        secam.attribute(images, target="tabbby", feature_mask=mask)
+    with pytest.raises(ValueError, match="class_names="):
+        SeCam(gap_model, gap_model.features_out).attribute(images, target="tabby")
+    with pytest.raises(TypeError, match="class_names"):
+        SeCam(gap_model, gap_model.features_out, class_names="tabby")
+
+
+def test_feature_vectors_are_explained_per_feature_group():
+    """N×F inputs: groups of features; a layer without positions gives LayerGradCam's value."""
+    from captum.attr import InputXGradient
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    x = torch.randn(4, 6)
+    groups = torch.tensor([[0, 0, 1, 1, 2, 2]])
+    secam = SeCam(model, model[1])
+    constant = secam.attribute(x, target=1)
+    expected = LayerGradCam(model, model[1]).attribute(x, target=1).detach()
+    torch.testing.assert_close(constant, expected.expand(-1, 6))
+    per_group = secam.attribute(
+        x, target=1, feature_mask=groups, base=InputXGradient(model), return_input_shape=False
+    )
+    assert not x.requires_grad, "the base attribution's requires_grad must be given back"
+    ixg = (InputXGradient(model).attribute(x, target=1)).detach()
+    torch.testing.assert_close(per_group, ixg.reshape(4, 3, 2).mean(2), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="F, 1×F or N×F"):
+        secam.attribute(x, target=1, feature_mask=groups[:, :4])
+
+
+def test_signals_are_explained_with_a_feature_mask():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv1d(2, 4, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool1d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, 3),
+    )
+    x = torch.randn(2, 2, 12)
+    mask = (torch.arange(12) // 4)[None, None]
+    scores = SeCam(model, model[1]).attribute(
+        x, target=0, feature_mask=mask, return_input_shape=False
+    )
+    cam = LayerGradientXActivation(model, model[1]).attribute(x, target=0).detach().sum(1)
+    torch.testing.assert_close(scores, cam.reshape(2, 3, 4).mean(2), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="N×C×L signals pass feature_mask"):
+        SeCam(model, model[1]).attribute(x, target=0)
+
+
+def test_scikit_image_is_imported_only_for_segmentation():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from captum_secam import SeCam\n"
+        "from conftest import GapLinearNet, grid_mask\n"
+        "m = GapLinearNet().eval()\n"
+        "SeCam(m, m.features_out).attribute(torch.randn(1, 3, 16, 16), 0,"
+        " feature_mask=grid_mask(16, 16, 2, 2))\n"
+        "assert 'skimage' not in sys.modules, 'skimage imported without segmentation'\n"
+        "SeCam(m, m.features_out).attribute(torch.randn(1, 3, 16, 16), 0)\n"
+        "assert 'skimage' in sys.modules\n"
+    )
+    tests_dir = str(__import__("pathlib").Path(__file__).parent)
+    env = {**__import__("os").environ, "PYTHONPATH": tests_dir, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# Frictions new users met (issue #10, part 4)
+# ----------------------------------------------------------------------------------------------
+
+
+def test_grayscale_image_to_an_rgb_model_names_the_fix(secam):
+    with pytest.raises(ValueError, match=r"3-channel input but got 1.*expand\(-1, 3, -1, -1\)"):
+        secam.attribute(torch.randn(1, 1, 16, 16), target=0, feature_mask=grid_mask(16, 16, 2, 2))
+
+
+def test_hwc_tensor_is_told_to_permute(secam):
+    with pytest.raises(ValueError, match=r"permute\(2, 0, 1\)\.unsqueeze\(0\)"):
+        secam.attribute(torch.randn(224, 224, 3), target=0)
+    with pytest.raises(ValueError, match=r"unsqueeze\(0\)"):
+        secam.attribute(torch.randn(3, 16, 16), target=0)
+
+
+def test_model_outputs_that_are_not_tensors_get_the_wrapper(gap_model, images):
+    class ModelOutput(dict):
+        @property
+        def logits(self) -> torch.Tensor:
+            return self["logits"]
+
+    mask = grid_mask(16, 16, 2, 2)
+    hf_like = SeCam(lambda x: ModelOutput(logits=gap_model(x)), gap_model.features_out)
+    with pytest.raises(TypeError, match=r"lambda \*x: model\(\*x\)\.logits"):
+        hf_like.attribute(images, target=0, feature_mask=mask)
+    as_dict = SeCam(lambda x: {"scores": gap_model(x)}, gap_model.features_out)
+    with pytest.raises(TypeError, match=r"model\(\*x\)\['scores'\]"):
+        as_dict.attribute(images, target=0, feature_mask=mask)
+    wrapped = SeCam(lambda x: ModelOutput(logits=gap_model(x)).logits, gap_model.features_out)
+    torch.testing.assert_close(
+        wrapped.attribute(images, target=0, feature_mask=mask),
+        SeCam(gap_model, gap_model.features_out).attribute(images, target=0, feature_mask=mask),
+    )
+
+
+def test_token_layer_without_a_reshape_transform_names_the_fix(images):
+    class Tokens(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = torch.nn.Conv2d(3, 8, 4, stride=4)
+            self.block = torch.nn.Identity()
+            self.head = torch.nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            tokens = self.block(self.embed(x).flatten(2).transpose(1, 2))
+            return self.head(tokens.mean(1))
+
+    model = Tokens()
+    with pytest.raises(ValueError, match="reshape_transform"):
+        SeCam(model, model.block).attribute(images, target=0, feature_mask=grid_mask(16, 16, 2, 2))

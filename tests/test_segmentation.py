@@ -223,3 +223,32 @@ def test_validate_feature_mask_errors_name_the_fix():
     pair = torch.cat([mask, mask.clamp_max(2) * (mask != 1)])
     with pytest.raises(ValueError, match="relabel_sequential"):
         validate_feature_mask(pair, x)
+
+
+def test_one_segment_for_a_non_constant_image_warns_and_names_the_fix():
+    noise = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with pytest.warns(UserWarning, match=r"single segment.*n_segments.*compactness.*photo"):
+        mask = segment(noise, "slic", n_segments=50)
+    assert int(segment_counts(mask)[0]) == 1  # the case the warning is about
+
+
+def test_real_photos_constant_images_and_requested_single_segments_do_not_warn(photo):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert int(segment_counts(segment(photo, n_segments=20))[0]) > 1
+        segment(torch.full((1, 3, 16, 16), 0.5))  # constant: nothing to separate, no warning
+        assert int(segment_counts(segment(photo, "grid", n_segments=1))[0]) == 1
+
+
+def test_importing_secam_does_not_import_scikit_image():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, captum_secam.secam, captum_secam.segmentation; "
+        "print(sorted(m for m in sys.modules if m == 'skimage' or m.startswith('skimage.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

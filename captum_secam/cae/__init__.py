@@ -4,6 +4,9 @@
   ``save`` / ``load`` with safetensors + JSON.
 * :func:`train_cae` -- pairing / code-swap training for K classes; :class:`TrainingMonitor`
   logs it, validates it and can stop it early.
+* :mod:`captum_secam.cae.data` -- image conversion, augmentation, the class-pairing sampler,
+  ImageFolder; :mod:`captum_secam.cae.distributed` -- ``torchrun`` data-parallel training;
+  :class:`CaePreset` / :func:`get_preset` -- the ``small`` and ``paper`` recipes.
 * :func:`evaluate_cae` -- the disentanglement report (swap success, identity kept, cycle,
   counterfactual clarity, localisation).
 * :class:`CaeCounterfactual` -- a Captum ``GradientAttribution`` returning
@@ -20,6 +23,7 @@ from captum_secam.cae.figures import plot_counterfactual, plot_counterfactual_gr
 from captum_secam.cae.manifold import plot_class_code_manifold, project_class_codes
 from captum_secam.cae.model import CaeConfig, ClassAssociationEmbedding
 from captum_secam.cae.monitor import TrainingMonitor, disentanglement_score
+from captum_secam.cae.presets import CaePreset, get_preset
 from captum_secam.cae.training import DEFAULT_LOSS_WEIGHTS, TrainingHistory, train_cae
 
 __all__ = [
@@ -27,12 +31,14 @@ __all__ = [
     "CaeConfig",
     "CaeCounterfactual",
     "CaeExplanation",
+    "CaePreset",
     "CaeReport",
     "ClassAssociationEmbedding",
     "TrainingHistory",
     "TrainingMonitor",
     "disentanglement_score",
     "evaluate_cae",
+    "get_preset",
     "plot_class_code_manifold",
     "plot_counterfactual",
     "plot_counterfactual_grid",

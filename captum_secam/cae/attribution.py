@@ -58,11 +58,17 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
+from captum._utils.common import _format_additional_forward_args
 from captum.attr import GradientAttribution
 from captum.log import log_usage
 from torch import Tensor
 
-from captum_secam._validation import resolve_targets
+from captum_secam._validation import (
+    PREDICTED,
+    check_model_output,
+    explain_forward_error,
+    resolve_targets,
+)
 from captum_secam.cae.model import ClassAssociationEmbedding
 
 __all__ = ["CaeCounterfactual", "CaeExplanation"]
@@ -127,10 +133,16 @@ class CaeExplanation(NamedTuple):
     counterfactual_probability: Tensor
 
 
-def _as_class_tensor(value: Any, n: int, num_classes: int, name: str) -> Tensor | None:
-    if value is None:
+def _as_class_tensor(
+    value: Any, n: int, num_classes: int, name: str, class_names: Sequence[str]
+) -> Tensor | None:
+    """Class indices per example (Captum's target reading; names via the CAE's class names).
+
+    ``None`` (and ``"predicted"`` for ``target``) is resolved later from the predictions."""
+    if value is None or (name == "target" and isinstance(value, str) and value == PREDICTED):
         return None
-    return resolve_targets(value, n, num_classes, name=name).cpu().clone()
+    names = class_names or None
+    return resolve_targets(value, n, num_classes, name=name, class_names=names).cpu().clone()
 
 
 def _put(dst: Tensor, mask: Tensor, src: Tensor) -> Tensor:
@@ -348,13 +360,16 @@ class CaeCounterfactual(GradientAttribution):
     # ------------------------------------------------------------------ classifier
     def _forward(self, images: Tensor, additional_forward_args: Any) -> Tensor:
         """Call ``forward_func`` and check that it returns N×K scores."""
-        if additional_forward_args is None:
-            out = self.forward_func(images)
-        elif isinstance(additional_forward_args, tuple):
-            out = self.forward_func(images, *additional_forward_args)
-        else:
-            out = self.forward_func(images, additional_forward_args)
-        if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != images.shape[0]:
+        extra = _format_additional_forward_args(additional_forward_args) or ()
+        try:
+            out = self.forward_func(images, *extra)
+        except RuntimeError as err:
+            clear = explain_forward_error(err, (images,))
+            if clear is None:
+                raise
+            raise clear from err
+        out = check_model_output(out, images.shape[0]) if not isinstance(out, Tensor) else out
+        if out.dim() != 2 or out.shape[0] != images.shape[0]:
             raise ValueError(
                 "forward_func must return an N×K tensor of class scores, got "
                 f"{getattr(out, 'shape', type(out))}."
@@ -394,9 +409,9 @@ class CaeCounterfactual(GradientAttribution):
     def attribute(
         self,
         inputs: Tensor | tuple[Tensor, ...],
-        target: int | Sequence[int] | Tensor | None = None,
+        target: int | Sequence[int] | Tensor | str | tuple[int] | None = None,
         additional_forward_args: Any = None,
-        counterfactual_target: int | Sequence[int] | Tensor | None = None,
+        counterfactual_target: int | Sequence[int] | Tensor | str | None = None,
         reference: Tensor | None = None,
         path: str = "linear",
         n_steps: int = 10,
@@ -413,11 +428,16 @@ class CaeCounterfactual(GradientAttribution):
         Args:
             inputs: N×C×H×W images in ``[0, 1]`` matching the CAE (channels, size), or a
                 1-tuple holding them (the attributions are then returned as a 1-tuple).
-            target: explained class per image (int, list or tensor); default: the class
-                ``forward_func`` predicts for ``inputs``.
+            target: explained class per image, read as Captum reads it: an int (or a 1-tuple,
+                or a 1-element tensor) for all, a list or 1-D tensor with one per image; a
+                class name (or a list of names) when the CAE has ``class_names``. ``None`` or
+                ``"predicted"`` (default): the class ``forward_func`` predicts for ``inputs``.
+                Wrong targets raise :class:`~captum_secam.secam.TargetError` (a
+                ``ValueError`` and an ``AssertionError``).
             additional_forward_args: extra arguments passed to ``forward_func`` after the
                 images (a tuple is unpacked); they must fit a batch of N images.
-            counterfactual_target: class to move toward; default: the class whose class-code
+            counterfactual_target: class to move toward (int, name, list or tensor, like
+                ``target``); default: the class whose class-code
                 centroid is nearest to the image's class code, excluding ``target`` -- or,
                 with ``reference``, the class ``forward_func`` predicts for the reference.
             reference: N×C×H×W or 1×C×H×W images in ``[0, 1]`` (one is used for the whole
@@ -476,8 +496,9 @@ class CaeCounterfactual(GradientAttribution):
             )
         x_in, is_tuple = self._check_inputs(inputs, reference)
         n, k_cls = x_in.shape[0], self.cae.num_classes
-        tgt = _as_class_tensor(target, n, k_cls, "target")
-        cft = _as_class_tensor(counterfactual_target, n, k_cls, "counterfactual_target")
+        names = self.cae.class_names
+        tgt = _as_class_tensor(target, n, k_cls, "target", names)
+        cft = _as_class_tensor(counterfactual_target, n, k_cls, "counterfactual_target", names)
         if tgt is not None and cft is not None and bool((tgt == cft).any()):
             raise ValueError(
                 f"counterfactual_target equals target for examples {_indices(tgt == cft)}; "

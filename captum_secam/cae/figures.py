@@ -36,6 +36,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from captum_secam._validation import image_layout_hint
 from captum_secam.cae.attribution import CaeExplanation
 from captum_secam.cae.model import ClassAssociationEmbedding
 
@@ -94,8 +95,7 @@ def _check_images_tensor(x: Any, name: str) -> Tensor:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}.")
     if x.dim() != 4:
         raise ValueError(
-            f"{name} must be N×C×H×W (4-D), got shape {tuple(x.shape)}; add a batch dimension "
-            "with x.unsqueeze(0)."
+            f"{name} must be N×C×H×W (4-D), got shape {tuple(x.shape)}; {image_layout_hint(x)}."
         )
     if x.shape[1] not in (1, 3):
         raise ValueError(f"{name} must have 1 or 3 channels, got {x.shape[1]} (shape N×C×H×W).")

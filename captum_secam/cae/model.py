@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from captum_secam._validation import image_layout_hint
+
 __all__ = ["CaeConfig", "ClassAssociationEmbedding", "cae_paths"]
 
 _FORMAT = "captum_secam.cae"
@@ -53,7 +55,8 @@ class CaeConfig:
 
     Attributes:
         image_size: ``(height, width)`` of the images, each divisible by ``2**n_downsample``.
-        in_channels: 1 (grey) or 3 (RGB).
+        in_channels: image channels (1 grey, 3 RGB, 4 for four MRI modalities, ...; the
+            figures draw 1 or 3).
         num_classes: number of classes ``K >= 2``.
         class_code_dim: length of the class-associated code.
         base_channels: width of the first convolution; doubled at each down-sampling step.
@@ -71,7 +74,8 @@ class CaeConfig:
             (the reference) or ``"mean_max"`` (mean and max side by side, so a small local
             feature -- a lesion, a mark -- is not averaged away).
         disc_downsample: stride-2 steps of the discriminator (2: a ~26-px view at 28 px; the
-            reference's 256-px discriminator has 4).
+            reference's 256-px discriminator has 4, see the ``paper`` preset in
+            :mod:`captum_secam.cae.presets`).
         adain_upsampling: also modulate the decoder's up-sampling layers with AdaIN (instead of
             layer norm), giving the class code control at every scale; the reference decoder
             uses AdaIN only in the residual blocks.
@@ -104,8 +108,8 @@ class CaeConfig:
     def validate(self) -> None:
         """Raise ``ValueError`` naming the fix if the configuration is inconsistent."""
         h, w = self.image_size
-        if self.in_channels not in (1, 3):
-            raise ValueError(f"in_channels must be 1 or 3, got {self.in_channels}.")
+        if isinstance(self.in_channels, bool) or self.in_channels < 1:
+            raise ValueError(f"in_channels must be an int >= 1, got {self.in_channels}.")
         if self.num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {self.num_classes}.")
         for name in ("class_code_dim", "base_channels", "mlp_dim", "disc_channels"):
@@ -368,7 +372,7 @@ class ClassAssociationEmbedding(nn.Module):
     Args:
         image_size: ``int`` (square) or ``(height, width)``; each divisible by
             ``2**n_downsample`` (any even size with the default single step).
-        in_channels: 1 or 3.
+        in_channels: image channels (any number >= 1).
         num_classes: number of classes ``K >= 2``.
         class_code_dim: length of the class code (default 8, as in the paper).
         base_channels, n_downsample, n_res_blocks, class_downsample, mlp_dim, disc_channels,
@@ -490,8 +494,7 @@ class ClassAssociationEmbedding(nn.Module):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}.")
         if x.dim() != 4:
             raise ValueError(
-                f"{name} must be N×C×H×W (4-D), got shape {tuple(x.shape)}; add a batch "
-                "dimension with x.unsqueeze(0)."
+                f"{name} must be N×C×H×W (4-D), got shape {tuple(x.shape)}; {image_layout_hint(x)}."
             )
         if not x.is_floating_point():
             raise TypeError(f"{name} must be a float tensor in [0, 1], got dtype {x.dtype}.")

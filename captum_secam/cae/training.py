@@ -40,14 +40,23 @@ class-conditional real/fake score (the swap must look like a real image *of its 
 ``discriminator_noise``, instance noise on the discriminator's inputs.
 
 The external classifier being explained is not used in training.
+
+**Scale** (see ``docs/howto/train-cae.md``): ``train_cae`` reads a map-style dataset (tensors,
+PIL images, ``torchvision.datasets.ImageFolder``) in the main process, or through a
+``DataLoader`` with workers, pinned memory and the seeded, resumable
+:class:`~captum_secam.cae.data.ClassPairBatchSampler`; it takes ``transform=`` augmentation,
+``amp="bf16"``/``"fp16"`` mixed precision, ``compile=True``, ``channels_last=True``, an LR
+schedule and weight decay, and runs data-parallel under ``torchrun``
+(:mod:`captum_secam.cae.distributed`). Named recipes are in :mod:`captum_secam.cae.presets`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,8 +64,18 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.data import DataLoader
 
+from captum_secam.cae.data import LoaderSource, SamplerSource, StreamSource
+from captum_secam.cae.distributed import (
+    DistributedContext,
+    average_gradients,
+    broadcast_module,
+    gather_with_grad,
+    mean_across_ranks,
+)
 from captum_secam.cae.model import ClassAssociationEmbedding
+from captum_secam.cae.presets import REFERENCE_LOSS_WEIGHTS, CaePreset, get_preset
 
 if TYPE_CHECKING:
     from captum_secam.cae.monitor import TrainingMonitor
@@ -69,22 +88,6 @@ __all__ = [
     "train_cae",
 ]
 
-REFERENCE_LOSS_WEIGHTS: dict[str, float] = {
-    "recon": 10.0,
-    "class_code": 1.0,
-    "individual_code": 1.0,
-    "cycle": 10.0,
-    "adversarial": 1.0,
-    "class": 1.0,
-    "code_class": 0.0,
-    "class_code_center": 0.0,
-    "swap_proximity": 0.0,
-    "conditional_adversarial": 0.0,
-    "d_real_fake": 1.0,
-    "d_class": 2.0,
-    "d_conditional": 0.0,
-}
-"""The authors' weights (their public code); the terms they do not have are 0."""
 
 DEFAULT_LOSS_WEIGHTS: dict[str, float] = {
     **REFERENCE_LOSS_WEIGHTS,
@@ -102,11 +105,16 @@ _CKPT_NAME = "cae_training_checkpoint.pt"
 @dataclass
 class TrainingHistory:
     """Per-step losses recorded by :func:`train_cae` (one list entry per step; the optional
-    ``d_warmup_class`` list has one entry per discriminator warm-up step)."""
+    ``d_warmup_class`` list has one entry per discriminator warm-up step), the training time
+    and the time spent waiting for data."""
 
     losses: dict[str, list[float]] = field(default_factory=dict)
     seconds: float = 0.0
     steps: int = 0
+    data_seconds: float = 0.0
+    """Seconds this run's training steps waited for their batches (not checkpointed)."""
+    step_times: list[tuple[float, float]] = field(default_factory=list)
+    """``(seconds of the step, of which waiting for data)`` for each step of this run."""
 
     def mean(self, name: str, last: int | None = None) -> float:
         """Mean of loss ``name`` over the ``last`` steps (all steps by default)."""
@@ -130,15 +138,160 @@ def dataset_labels(dataset: Any) -> Tensor:
     return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))], dtype=torch.long)
 
 
-def _fetch(dataset: Any, idx: Tensor) -> Tensor:
-    tensors = getattr(dataset, "tensors", None)
-    if isinstance(tensors, tuple) and len(tensors) >= 1 and isinstance(tensors[0], Tensor):
-        return tensors[0][idx]
-    return torch.stack([torch.as_tensor(dataset[int(i)][0]) for i in idx])
-
-
 def _rng_state(gen: torch.Generator) -> Tensor:
     return gen.get_state()
+
+
+_SCHEDULES = ("linear", "constant", "step")
+_AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _lr_factor(schedule: Any, step: int, steps: int, step_size: int | None, gamma: float) -> float:
+    """The learning-rate multiplier at ``step`` (a function of the step alone: resume-safe)."""
+    if callable(schedule):
+        return float(schedule(step, steps))
+    if schedule == "linear":
+        return 1.0 - step / steps
+    if schedule == "step":
+        assert step_size is not None
+        return float(gamma ** (step // step_size))
+    return 1.0
+
+
+def _check_arguments(
+    steps: int,
+    batch_size: int,
+    discriminator_warmup: Any,
+    lr_schedule: Any,
+    lr_step_size: int | None,
+    amp: str | None,
+    weight_decay: float,
+    num_workers: int,
+) -> None:
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}.")
+    if not callable(lr_schedule) and lr_schedule not in _SCHEDULES:
+        raise ValueError(
+            f"lr_schedule must be one of {_SCHEDULES} or a function (step, steps) -> factor, "
+            f"got {lr_schedule!r}."
+        )
+    if lr_schedule == "step" and (lr_step_size is None or lr_step_size < 1):
+        raise ValueError("lr_schedule='step' needs lr_step_size >= 1 (steps between decays).")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    if (
+        isinstance(discriminator_warmup, bool)
+        or not isinstance(discriminator_warmup, int)
+        or discriminator_warmup < 0
+    ):
+        raise ValueError(f"discriminator_warmup must be an int >= 0, got {discriminator_warmup!r}.")
+    if amp is not None and amp not in _AMP:
+        raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}.")
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}.")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}.")
+
+
+def _merge_weights(loss_weights: Mapping[str, float] | None) -> dict[str, float]:
+    weights = dict(DEFAULT_LOSS_WEIGHTS)
+    if loss_weights:
+        unknown = set(loss_weights) - set(weights)
+        if unknown:
+            raise ValueError(f"unknown loss weights {sorted(unknown)}; known: {sorted(weights)}.")
+        weights.update({k: float(v) for k, v in loss_weights.items()})
+    return weights
+
+
+def _checked_labels(cae: ClassAssociationEmbedding, dataset: Any, labels: Any) -> Tensor:
+    n = len(dataset)
+    if n < 2:
+        raise ValueError("dataset must hold at least two images of two different classes.")
+    lab = (
+        torch.as_tensor(labels).long().flatten() if labels is not None else dataset_labels(dataset)
+    )
+    if lab.numel() != n:
+        raise ValueError(f"labels has {lab.numel()} entries but the dataset has {n} items.")
+    _check_label_values(cae, lab)
+    return lab
+
+
+def _check_label_values(cae: ClassAssociationEmbedding, lab: Tensor) -> None:
+    present = torch.unique(lab)
+    if present.numel() < 2:
+        raise ValueError(
+            f"dataset has only class {present.tolist()}; CAE training pairs images of two "
+            "different classes, so it needs at least two classes."
+        )
+    if int(lab.min()) < 0 or int(lab.max()) >= cae.num_classes:
+        raise ValueError(
+            f"labels must be in 0..{cae.num_classes - 1} (the CAE's num_classes), got "
+            f"{int(lab.min())}..{int(lab.max())}."
+        )
+
+
+@dataclass
+class _Engine:
+    """How a step runs: mixed precision, gradient averaging over ranks, compiled networks.
+    The default (``_Engine()``) is plain float32 in one process."""
+
+    amp_dtype: torch.dtype | None = None
+    device_type: str = "cpu"
+    scalers: dict[str, Any] = field(default_factory=dict)
+    world_size: int = 1
+    nets: dict[str, Callable[..., Any]] = field(default_factory=dict)
+
+    def autocast(self) -> Any:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.amp_dtype)
+
+    def net(self, cae: ClassAssociationEmbedding, name: str) -> Callable[..., Any]:
+        fn = self.nets.get(name)
+        return fn if fn is not None else getattr(cae, name)
+
+    def optimise(
+        self, name: str, loss: Tensor, opt: torch.optim.Optimizer, params: Sequence[Tensor]
+    ) -> None:
+        """zero_grad, backward (scaled for fp16), average over ranks, step."""
+        scaler = self.scalers.get(name)
+        opt.zero_grad(set_to_none=True)
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        if self.world_size > 1:
+            average_gradients(params, self.world_size)  # type: ignore[arg-type]
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+
+    def gather(self, x: Tensor) -> Tensor:
+        return gather_with_grad(x) if self.world_size > 1 else x
+
+    def reduce_values(self, values: Tensor) -> Tensor:
+        return mean_across_ranks(values) if self.world_size > 1 else values
+
+
+def _make_engine(
+    cae: ClassAssociationEmbedding,
+    dev: torch.device,
+    amp: str | None,
+    compile_networks: bool,
+    world_size: int,
+) -> _Engine:
+    engine = _Engine(
+        amp_dtype=_AMP[amp] if amp is not None else None,
+        device_type=dev.type,
+        world_size=world_size,
+    )
+    if amp == "fp16":  # bf16 has float32's range and needs no loss scaling
+        engine.scalers = {g: torch.amp.GradScaler(dev.type) for g in ("g", "d", "w", "c")}
+    if compile_networks:
+        # compiled bound methods: the model itself (its state_dict keys) is left as it is
+        engine.nets = {
+            name: torch.compile(getattr(cae, name)) for name in ("encode", "decode", "discriminate")
+        }
+    return engine
 
 
 def train_cae(
@@ -162,26 +315,46 @@ def train_cae(
     discriminator_warmup: int = 300,
     monitor: TrainingMonitor | None = None,
     discriminator_noise: float = 0.0,
-    lr_schedule: str = "linear",
+    lr_schedule: str | Callable[[int, int], float] = "linear",
+    lr_step_size: int | None = None,
+    lr_gamma: float = 0.5,
+    weight_decay: float = 0.0,
+    num_workers: int = 0,
+    pin_memory: bool | None = None,
+    transform: Callable[[Any], Any] | None = None,
+    use_loader: bool | None = None,
+    amp: str | None = None,
+    compile: bool = False,
+    channels_last: bool = False,
+    preset: CaePreset | str | None = None,
 ) -> TrainingHistory:
     """Train ``cae`` with the pairing / code-swap objective, then store class-code centroids.
 
     Args:
         cae: the model to train (modified in place, left in eval mode on ``device``).
-        dataset: a map-style dataset yielding ``(image C×H×W float in [0, 1], int label)``
-            with at least two classes; labels must be ``0..K-1``.
+        dataset: a map-style dataset yielding ``(image, int label)`` -- the image a float
+            C×H×W tensor in ``[0, 1]``, a ``uint8`` tensor/array or a PIL image (e.g. a
+            ``torchvision.datasets.ImageFolder``) -- with at least two classes and labels
+            ``0..K-1``; or a ``DataLoader`` yielding ``(images, labels)`` batches, whose
+            batches are used as they come (each image is paired with an image of another
+            class of its batch; ``batch_size``, ``num_workers``, ``transform`` are the
+            loader's own).
         steps: total number of optimisation steps (including steps of a resumed run).
-        batch_size: images ``a`` per step (each paired with one image ``b``).
+        batch_size: images ``a`` per step and process (each paired with one image ``b``);
+            with ``N`` processes the global batch is ``N·batch_size``.
         lr: Adam learning rate for generator and discriminator.
         betas: Adam betas.
         seed: seeds the pairing sampler; the same seed, data and initial weights give
             identical weights.
-        device: where to train (default: the device of ``cae``'s parameters).
-        progress: show a tqdm bar with running losses.
+        device: where to train (default: the device of ``cae``'s parameters; under
+            ``torchrun`` with CUDA, the GPU ``LOCAL_RANK``).
+        progress: show a tqdm bar with running losses and the share of time spent waiting
+            for data (rank 0 only).
         checkpoint_dir: if given, save ``cae_training_checkpoint.pt`` (tensors only, loaded with
-            ``weights_only=True``) every ``checkpoint_every`` steps and at the end.
+            ``weights_only=True``) every ``checkpoint_every`` steps and at the end (rank 0).
         checkpoint_every: checkpoint period in steps.
-        resume: continue from the checkpoint in ``checkpoint_dir`` if present.
+        resume: continue from the checkpoint in ``checkpoint_dir`` if present (also with
+            another number of processes).
         loss_weights: overrides of :data:`DEFAULT_LOSS_WEIGHTS`.
         centroid_samples: images (first ones of a seeded permutation) used for the centroids;
             ``None`` uses the whole dataset.
@@ -200,188 +373,382 @@ def train_cae(
         monitor: a :class:`~captum_secam.cae.TrainingMonitor` that logs losses to CSV (and
             TensorBoard), runs the validation report every few steps, saves swap-grid
             snapshots and may stop training early (then the best weights are restored).
+            Under ``torchrun`` it runs on rank 0 and its decision to stop reaches all ranks.
         discriminator_noise: standard deviation of Gaussian instance noise added to the
             discriminator's inputs (0: none, as in the reference).
-        lr_schedule: ``"linear"`` (default: both learning rates fall linearly from ``lr`` to 0
-            over ``steps``, which settles the adversarial game; a run cut by ``time_limit``
-            stops before the end of the decay) or ``"constant"`` (the reference).
+        lr_schedule: the learning-rate factor of both optimisers: ``"linear"`` (default:
+            from ``lr`` to 0 over ``steps``, which settles the adversarial game; a run cut by
+            ``time_limit`` stops before the end of the decay), ``"step"`` (times
+            ``lr_gamma`` every ``lr_step_size`` steps, the authors' schedule),
+            ``"constant"`` (the reference's short runs) or a function
+            ``(step, steps) -> factor`` (e.g. a cosine:
+            ``lambda t, n: 0.5 * (1 + math.cos(math.pi * t / n))``).
+        lr_step_size, lr_gamma: period and factor of the ``"step"`` schedule.
+        weight_decay: L2 penalty of both Adam optimisers (the authors use 1e-4).
+        num_workers: loader worker processes that read, convert and augment the images
+            while the model trains (0: in the main process).
+        pin_memory: page-locked host batches for faster copies to the GPU (default: on
+            CUDA).
+        transform: applied to each image before conversion (PIL image or tensor in, image
+            out), e.g. :func:`captum_secam.cae.data.default_transform` (resize, random crop,
+            random flip). Its randomness is seeded per step and slot, so runs repeat.
+        use_loader: draw the pairs with :class:`~captum_secam.cae.data.ClassPairBatchSampler`
+            through a ``DataLoader``. ``None`` (default) does so when ``num_workers > 0``, a
+            ``transform`` is given or several processes train; otherwise the images are read
+            in the main process in the order of earlier versions (same results for the same
+            seed). The two orders are different draws of the same distribution.
+        amp: mixed precision: ``"bf16"`` (CUDA or CPU autocast) or ``"fp16"`` (with gradient
+            scaling); ``None`` trains in float32.
+        compile: run the encoders, the decoder and the discriminator through
+            ``torch.compile`` (slow first steps; the model object is not changed).
+        channels_last: train in the channels-last memory format (faster convolutions on
+            recent GPUs and some CPUs); the model is put back in the default format after
+            training.
+        preset: the :class:`~captum_secam.cae.presets.CaePreset` (or its name) the model and
+            these options come from; stored in ``training_info`` and in the checkpoint.
+
+    Multiple processes: start the script with ``torchrun --nproc_per_node=N`` and call
+    :func:`captum_secam.cae.distributed.init_distributed` first (or initialise the process
+    group yourself); see :mod:`captum_secam.cae.distributed`.
 
     Returns:
-        A :class:`TrainingHistory` with the per-step losses.
+        A :class:`TrainingHistory` with the per-step losses (averaged over the processes).
 
     Example:
         >>> ds = torch.utils.data.TensorDataset(torch.rand(64, 1, 28, 28), torch.arange(64) % 2)
         >>> cae = ClassAssociationEmbedding(28, 1, 2, base_channels=8)
         >>> hist = train_cae(cae, ds, steps=2, batch_size=4, progress=False)
     """
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}.")
-    if lr_schedule not in ("linear", "constant"):
-        raise ValueError(f"lr_schedule must be 'linear' or 'constant', got {lr_schedule!r}.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    if (
-        isinstance(discriminator_warmup, bool)
-        or not isinstance(discriminator_warmup, int)
-        or discriminator_warmup < 0
-    ):
-        raise ValueError(f"discriminator_warmup must be an int >= 0, got {discriminator_warmup!r}.")
-    weights = dict(DEFAULT_LOSS_WEIGHTS)
-    if loss_weights:
-        unknown = set(loss_weights) - set(weights)
-        if unknown:
-            raise ValueError(f"unknown loss weights {sorted(unknown)}; known: {sorted(weights)}.")
-        weights.update({k: float(v) for k, v in loss_weights.items()})
-    n = len(dataset)
-    if n < 2:
-        raise ValueError("dataset must hold at least two images of two different classes.")
-    lab = (
-        torch.as_tensor(labels).long().flatten() if labels is not None else dataset_labels(dataset)
+    _check_arguments(
+        steps,
+        batch_size,
+        discriminator_warmup,
+        lr_schedule,
+        lr_step_size,
+        amp,
+        weight_decay,
+        num_workers,
     )
-    if lab.numel() != n:
-        raise ValueError(f"labels has {lab.numel()} entries but the dataset has {n} items.")
-    present = torch.unique(lab)
-    if present.numel() < 2:
-        raise ValueError(
-            f"dataset has only class {present.tolist()}; CAE training pairs images of two "
-            "different classes, so it needs at least two classes."
-        )
-    if int(lab.min()) < 0 or int(lab.max()) >= cae.num_classes:
-        raise ValueError(
-            f"labels must be in 0..{cae.num_classes - 1} (the CAE's num_classes), got "
-            f"{int(lab.min())}..{int(lab.max())}."
-        )
-    sample = _fetch(dataset, torch.tensor([0]))
-    cae.check_images(sample, "dataset images")
-
-    dev = torch.device(device) if device is not None else next(cae.parameters()).device
-    cae.to(dev)
-    cae.train()
-    by_class = {int(k): torch.nonzero(lab == k).flatten() for k in present}
-    classes = present.clone()
-
-    opt_g = torch.optim.Adam(cae.generator_parameters(), lr=lr, betas=betas)
-    opt_d = torch.optim.Adam(cae.discriminator.parameters(), lr=lr, betas=betas)
+    weights = _merge_weights(loss_weights)
+    ctx = DistributedContext.current()
+    dev = _training_device(cae, device, ctx)
     gen = torch.Generator().manual_seed(seed)
+    source = _make_source(
+        cae,
+        dataset,
+        labels,
+        use_loader,
+        num_workers,
+        transform,
+        pin_memory,
+        batch_size,
+        seed,
+        gen,
+        dev,
+        ctx,
+    )
+    source.dtype = next(cae.parameters()).dtype  # float32, or float64 for exact checks
+    cae.check_images(source.sample().to(source.dtype), "dataset images")
+    cae.to(dev)
+    if channels_last:
+        cae.to(memory_format=torch.channels_last)
+    cae.train()
+    opt_g = torch.optim.Adam(
+        cae.generator_parameters(), lr=lr, betas=betas, weight_decay=weight_decay
+    )
+    opt_d = torch.optim.Adam(
+        cae.discriminator.parameters(), lr=lr, betas=betas, weight_decay=weight_decay
+    )
+    engine = _make_engine(cae, dev, amp, compile, ctx.world_size)
     history = TrainingHistory()
     start = 0
     ckpt_path = Path(checkpoint_dir) / _CKPT_NAME if checkpoint_dir is not None else None
     if ckpt_path is not None and resume and ckpt_path.is_file():
-        start = _load_checkpoint(ckpt_path, cae, opt_g, opt_d, gen, history, dev)
+        start = _load_checkpoint(ckpt_path, cae, opt_g, opt_d, gen, history, dev, engine)
+    if ctx.active:
+        broadcast_module(cae)  # every rank starts from rank 0's weights
+    preset_doc = get_preset(preset).to_json_dict() if preset is not None else None
+    options = {
+        "preset": preset_doc,
+        "amp": amp,
+        "world_size": ctx.world_size,
+        "global_batch_size": batch_size * ctx.world_size,
+        "sampler": source.kind,
+    }
 
     def save_ckpt(step: int) -> None:
-        if ckpt_path is None:
-            return
-        ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = ckpt_path.with_suffix(".tmp")
-        torch.save(
-            {
-                "model": cae.state_dict(),
-                "opt_g": opt_g.state_dict(),
-                "opt_d": opt_d.state_dict(),
-                "rng": _rng_state(gen),
-                "step": torch.tensor(step),
-                "seconds": torch.tensor(history.seconds),
-                "history": json.dumps(history.losses),
-            },
-            tmp,
-        )
-        tmp.replace(ckpt_path)
+        if ckpt_path is not None and ctx.is_main:
+            _save_checkpoint(ckpt_path, cae, opt_g, opt_d, gen, history, step, engine, options)
 
-    if start == 0 and discriminator_warmup > 0:
+    warmup = discriminator_warmup if start == 0 else 0
+    if isinstance(source, SamplerSource):
+        source.open(start, steps, warmup)
+    if warmup > 0:
         t_w = time.perf_counter()
         opt_code = opt_g if weights["code_class"] > 0 else None
-        warm = _warm_up_discriminator(
+        history.losses["d_warmup_class"] = _warm_up_discriminator(
             cae,
-            dataset,
-            n,
-            lab,
+            source.warmup(warmup),
             opt_d,
             opt_code,
-            gen,
-            discriminator_warmup,
-            2 * batch_size,
-            dev,
-            progress,
+            warmup,
+            progress and ctx.is_main,
+            engine,
+            channels_last,
         )
-        history.losses["d_warmup_class"] = warm
         history.seconds += time.perf_counter() - t_w
+    try:
+        _run_steps(
+            cae,
+            source,
+            start,
+            steps,
+            history,
+            weights,
+            opt_g,
+            opt_d,
+            engine,
+            monitor,
+            ctx,
+            lr=lr,
+            schedule=(lr_schedule, lr_step_size, lr_gamma),
+            noise=discriminator_noise,
+            progress=progress,
+            time_limit=time_limit,
+            save=(save_ckpt, checkpoint_every if ckpt_path is not None else 0),
+            channels_last=channels_last,
+        )
+    finally:
+        if channels_last:
+            cae.to(memory_format=torch.contiguous_format)
+    if history.steps > start:
+        save_ckpt(history.steps)  # the weights of the last step: a resumed run goes on from here
+    if ctx.active:
+        torch.distributed.barrier()
+    cae.zero_grad(set_to_none=True)
+    _store_centroids(cae, source.centroid_batches(seed, centroid_samples))
+    cae.training_info = {
+        "steps": history.steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "betas": list(betas),
+        "lr_schedule": lr_schedule if isinstance(lr_schedule, str) else "custom",
+        "seed": seed,
+        "loss_weights": weights,
+        "seconds": round(history.seconds, 2),
+        "time_limit": time_limit,
+        # what ran (a resumed run does not warm up again), not what was asked for
+        "discriminator_warmup": len(history.losses.get("d_warmup_class", [])),
+        "device": str(dev),
+        "final_losses": {k: round(history.mean(k, last=100), 5) for k in history.losses},
+        **_extra_info(options, weight_decay, num_workers, compile, channels_last, history),
+    }
+    return history
 
-    if monitor is not None:
-        monitor.on_start(start)
+
+def _extra_info(
+    options: dict[str, Any],
+    weight_decay: float,
+    num_workers: int,
+    compile_networks: bool,
+    channels_last: bool,
+    history: TrainingHistory,
+) -> dict[str, Any]:
+    """The options of this version (only those that differ from the earlier defaults, so
+    the record of a plain run stays as it was)."""
+    extra = {
+        "weight_decay": weight_decay,
+        "num_workers": num_workers,
+        "compile": compile_networks,
+        "channels_last": channels_last,
+        **options,
+    }
+    defaults = {
+        "weight_decay": 0.0,
+        "num_workers": 0,
+        "compile": False,
+        "channels_last": False,
+        "preset": None,
+        "amp": None,
+        "world_size": 1,
+        "sampler": "stream",
+    }
+    out = {k: v for k, v in extra.items() if k not in defaults or defaults[k] != v}
+    if out.get("global_batch_size") is not None and "world_size" not in out:
+        out.pop("global_batch_size")
+    if history.seconds > 0 and out:
+        out["data_wait_fraction"] = round(history.data_seconds / max(history.seconds, 1e-9), 4)
+    return out
+
+
+def _training_device(
+    cae: ClassAssociationEmbedding, device: str | torch.device | None, ctx: DistributedContext
+) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    if ctx.active and torch.cuda.is_available():
+        return torch.device("cuda", ctx.local_rank)
+    return next(cae.parameters()).device
+
+
+def _make_source(
+    cae: ClassAssociationEmbedding,
+    dataset: Any,
+    labels: Any,
+    use_loader: bool | None,
+    num_workers: int,
+    transform: Callable[[Any], Any] | None,
+    pin_memory: bool | None,
+    batch_size: int,
+    seed: int,
+    gen: torch.Generator,
+    dev: torch.device,
+    ctx: DistributedContext,
+) -> StreamSource | SamplerSource | LoaderSource:
+    if isinstance(dataset, DataLoader):
+        if num_workers or transform is not None or use_loader is False:
+            raise ValueError(
+                "with a DataLoader, set num_workers and transforms on the DataLoader itself "
+                "(and use a DistributedSampler under torchrun); or pass its dataset instead."
+            )
+        return LoaderSource(dataset, gen, dev, cae.num_classes)
+    if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+        raise TypeError(
+            f"dataset must be a map-style dataset (len() and [i]) or a DataLoader, got "
+            f"{type(dataset).__name__}."
+        )
+    lab = _checked_labels(cae, dataset, labels)
+    wants_loader = num_workers > 0 or transform is not None or ctx.active
+    if use_loader is False and wants_loader:
+        raise ValueError(
+            "use_loader=False reads images in the main process; it cannot use num_workers, a "
+            "transform or several processes."
+        )
+    if not (use_loader or wants_loader):
+        return StreamSource(dataset, lab, batch_size, gen, dev)
+    return SamplerSource(
+        dataset,
+        lab,
+        batch_size=batch_size,
+        seed=seed,
+        dev=dev,
+        transform=transform,
+        channels=cae.in_channels,
+        num_workers=num_workers,
+        pin_memory=dev.type == "cuda" if pin_memory is None else pin_memory,
+        ctx=ctx,
+    )
+
+
+def _run_steps(
+    cae: ClassAssociationEmbedding,
+    source: StreamSource | SamplerSource | LoaderSource,
+    start: int,
+    steps: int,
+    history: TrainingHistory,
+    weights: dict[str, float],
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    engine: _Engine,
+    monitor: TrainingMonitor | None,
+    ctx: DistributedContext,
+    *,
+    lr: float,
+    schedule: tuple[Any, int | None, float],
+    noise: float,
+    progress: bool,
+    time_limit: float | None,
+    save: tuple[Callable[[int], None], int],
+    channels_last: bool,
+) -> None:
+    """The training loop (steps ``start .. steps-1``), then the monitor's end hook."""
+    main_monitor = monitor if ctx.is_main else None
+    if main_monitor is not None:
+        main_monitor.on_start(start)
     bar: Any = None
-    if progress and steps > start:
+    if progress and steps > start and ctx.is_main:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=steps, initial=start, desc="CAE training", dynamic_ncols=True)
     running: dict[str, float] = {}
+    save_ckpt, every = save
     t0 = time.perf_counter()
     seconds0 = history.seconds
+    batches = source.pairs(start, steps)
     try:
         for step in range(start, steps):
-            factor = 1.0 - step / steps if lr_schedule == "linear" else 1.0
+            factor = _lr_factor(schedule[0], step, steps, schedule[1], schedule[2])
             for group in (*opt_g.param_groups, *opt_d.param_groups):
                 group["lr"] = lr * factor  # a function of the step alone: resume-safe
-            idx_a = torch.randint(0, n, (batch_size,), generator=gen)
-            ya = lab[idx_a]
-            # other class: uniform among present classes != ya
-            pos = torch.searchsorted(classes, ya)
-            shift = torch.randint(1, classes.numel(), (batch_size,), generator=gen)
-            yb = classes[(pos + shift) % classes.numel()]
-            u = torch.rand(batch_size, generator=gen)
-            idx_b = torch.stack(
-                [
-                    by_class[int(k)][int(ui * by_class[int(k)].numel())]
-                    for k, ui in zip(yb, u, strict=True)
-                ]
-            )
-            xa = _fetch(dataset, idx_a).to(dev, torch.float32)
-            xb = _fetch(dataset, idx_b).to(dev, torch.float32)
-            ya_d, yb_d = ya.to(dev), yb.to(dev)
+            t_data = time.perf_counter()
+            xa, xb, ya_d, yb_d = next(batches)
+            if channels_last:
+                xa = xa.contiguous(memory_format=torch.channels_last)
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            waited = time.perf_counter() - t_data
+            history.data_seconds += waited
             losses = _train_step(
-                cae, xa, xb, ya_d, yb_d, opt_g, opt_d, weights, discriminator_noise, gen
+                cae,
+                xa,
+                xb,
+                ya_d,
+                yb_d,
+                opt_g,
+                opt_d,
+                weights,
+                noise,
+                source.noise_generator(step),
+                engine,
             )
             for k, v in losses.items():
                 history.losses.setdefault(k, []).append(v)
                 running[k] = v if k not in running else 0.95 * running[k] + 0.05 * v
             history.steps = step + 1
             history.seconds = seconds0 + time.perf_counter() - t0
+            history.step_times.append((time.perf_counter() - t_data, waited))
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(
-                    {k: f"{running[k]:.3f}" for k in ("g_total", "recon", "class", "d_total")}
-                )
-            if ckpt_path is not None and (step + 1) % checkpoint_every == 0:
+                shown = {k: f"{running[k]:.3f}" for k in ("g_total", "recon", "class", "d_total")}
+                if source.kind != "stream":
+                    share = history.data_seconds / max(history.seconds - seconds0, 1e-9)
+                    shown["data"] = f"{100 * share:.0f}%"
+                bar.set_postfix(shown)
+            if every and (step + 1) % every == 0:
                 save_ckpt(step + 1)
-            if monitor is not None and monitor.on_step(step + 1, losses, cae):
-                break
-            if time_limit is not None and history.seconds >= time_limit:
+            stop = main_monitor is not None and main_monitor.on_step(step + 1, losses, cae)
+            stop = stop or (time_limit is not None and history.seconds >= time_limit)
+            if _agree(stop, ctx):
                 break
     finally:
         if bar is not None:
             bar.close()
-    if ckpt_path is not None and history.steps > start:
-        save_ckpt(history.steps)  # the weights of the last step: a resumed run goes on from here
-    if monitor is not None:
-        monitor.on_end(history.steps, cae)
-    cae.zero_grad(set_to_none=True)
+    if main_monitor is not None:
+        main_monitor.on_end(history.steps, cae)
+    if ctx.active and monitor is not None:
+        broadcast_module(cae)  # the monitor may have restored its best weights on rank 0
 
-    # centroids of the class codes
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1))
-    if centroid_samples is not None:
-        order = order[:centroid_samples]
-        # make sure every present class is represented
-        for cls_id, idx in by_class.items():
-            if not bool((lab[order] == cls_id).any()):
-                order = torch.cat([order, idx[:1]])
+
+def _agree(stop: bool, ctx: DistributedContext) -> bool:
+    """Rank 0's decision to stop, for every rank (clocks and monitors differ per rank)."""
+    if not ctx.active:
+        return stop
+    flag = torch.tensor([1.0 if stop else 0.0])
+    torch.distributed.broadcast(flag, 0)
+    return bool(flag.item())
+
+
+def _store_centroids(
+    cae: ClassAssociationEmbedding, batches: Iterator[tuple[Tensor, Tensor]]
+) -> None:
+    """Set the centroids to the per-class mean class codes of ``batches``."""
     cae.eval()
-    codes = []
+    codes, labs = [], []
     with torch.no_grad():
-        for i in range(0, order.numel(), 256):
-            xb_ = _fetch(dataset, order[i : i + 256]).to(dev, torch.float32)
-            codes.append(cae.encode_class(xb_).cpu())
+        for x, y in batches:
+            codes.append(cae.encode_class(x).cpu())
+            labs.append(y.cpu())
     all_codes = torch.cat(codes)
-    lab_o = lab[order]
+    lab_o = torch.cat(labs)
     cents = torch.zeros(cae.num_classes, cae.class_code_dim)
     missing: list[int] = []
     for cls_id in range(cae.num_classes):
@@ -396,67 +763,148 @@ def train_cae(
         warnings.warn(
             f"classes {missing} have no training images; their centroids are set to the overall "
             "mean class code and should not be used as counterfactual targets.",
-            stacklevel=2,
+            stacklevel=3,
         )
         cents[missing] = all_codes.mean(0)
     cae.set_centroids(cents)
-    cae.training_info = {
-        "steps": history.steps,
-        "batch_size": batch_size,
-        "lr": lr,
-        "betas": list(betas),
-        "lr_schedule": lr_schedule,
-        "seed": seed,
-        "loss_weights": weights,
-        "seconds": round(history.seconds, 2),
-        "time_limit": time_limit,
-        # what ran (a resumed run does not warm up again), not what was asked for
-        "discriminator_warmup": len(history.losses.get("d_warmup_class", [])),
-        "device": str(dev),
-        "final_losses": {k: round(history.mean(k, last=100), 5) for k in history.losses},
+
+
+def _save_checkpoint(
+    path: Path,
+    cae: ClassAssociationEmbedding,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    gen: torch.Generator,
+    history: TrainingHistory,
+    step: int,
+    engine: _Engine,
+    options: dict[str, Any],
+) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    doc: dict[str, Any] = {
+        "model": cae.state_dict(),
+        "opt_g": opt_g.state_dict(),
+        "opt_d": opt_d.state_dict(),
+        "rng": _rng_state(gen),
+        "step": torch.tensor(step),
+        "seconds": torch.tensor(history.seconds),
+        "history": json.dumps(history.losses),
+        "options": json.dumps(options),
     }
-    return history
+    for name, scaler in engine.scalers.items():
+        doc[f"scaler_{name}"] = scaler.state_dict()
+    torch.save(doc, tmp)
+    tmp.replace(path)  # atomic: a run killed while saving keeps the previous checkpoint
 
 
 def _warm_up_discriminator(
     cae: ClassAssociationEmbedding,
-    dataset: Any,
-    n: int,
-    lab: Tensor,
+    batches: Iterator[tuple[Tensor, Tensor]],
     opt_d: torch.optim.Optimizer,
     opt_code: torch.optim.Optimizer | None,
-    gen: torch.Generator,
     steps: int,
-    batch_size: int,
-    dev: torch.device,
     progress: bool,
+    engine: _Engine | None = None,
+    channels_last: bool = False,
 ) -> list[float]:
     """Class cross-entropy steps of the discriminator on real images (and, with ``opt_code``,
     of the class encoder's linear probe); returns the discriminator's losses."""
-    it: Any = range(steps)
+    engine = engine if engine is not None else _Engine()
+    bar: Any = None
     if progress:
         from tqdm.auto import tqdm
 
-        it = tqdm(it, desc="discriminator warm-up", dynamic_ncols=True)
+        bar = tqdm(total=steps, desc="discriminator warm-up", dynamic_ncols=True)
     losses: list[float] = []
-    for _ in it:
-        idx = torch.randint(0, n, (batch_size,), generator=gen)
-        x = _fetch(dataset, idx).to(dev, torch.float32)
-        y = lab[idx].to(dev)
-        _, cls = cae.discriminate(x)
-        loss = F.cross_entropy(cls, y)
-        opt_d.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_d.step()
+    d_params = list(cae.discriminator.parameters())
+    for x, y in batches:
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with engine.autocast():
+            _, cls = engine.net(cae, "discriminate")(x)
+            loss = F.cross_entropy(cls.float(), y)
+        engine.optimise("w", loss, opt_d, d_params)
         if opt_code is not None:  # the class encoder learns to read the class as well
-            code_loss = F.cross_entropy(cae.class_code_head(cae.encode_class(x)), y)
-            opt_code.zero_grad(set_to_none=True)
-            code_loss.backward()
-            opt_code.step()
-        losses.append(float(loss.detach()))
+            with engine.autocast():
+                code_loss = F.cross_entropy(cae.class_code_head(cae.encode_class(x)).float(), y)
+            engine.optimise("c", code_loss, opt_code, cae.generator_parameters())
+        losses.append(float(engine.reduce_values(loss.detach()[None])[0]))
         if not math.isfinite(losses[-1]):
             raise FloatingPointError("discriminator warm-up diverged; lower lr or check images.")
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
     return losses
+
+
+def _generator_losses(
+    cae: ClassAssociationEmbedding,
+    xa: Tensor,
+    xb: Tensor,
+    ya: Tensor,
+    yb: Tensor,
+    noise: float,
+    gen: torch.Generator | None,
+    engine: _Engine,
+) -> tuple[dict[str, Tensor], Tensor]:
+    """The generator's loss terms for one batch of pairs, and the swapped images."""
+    encode, decode = engine.net(cae, "encode"), engine.net(cae, "decode")
+    n = xa.shape[0]
+    real = torch.ones(n, dtype=torch.long, device=xa.device)
+    x = torch.cat([xa, xb])
+    s, c = encode(x)
+    s_a, s_b = s[:n], s[n:]
+    c_a, c_b = c[:n], c[n:]
+    rec = decode(s, c)
+    x_ab = decode(s_a, c_b)  # a's individual code, b's class
+    x_ba = decode(s_b, c_a)
+    swaps = torch.cat([x_ab, x_ba])
+    s2, c2 = encode(swaps)
+    cyc = decode(s2, c)  # (s_ab', c_a) -> a ; (s_ba', c_b) -> b
+    y_swap = torch.cat([yb, ya])  # the class each swap should show (its class-code donor's)
+    rf, cls = engine.net(cae, "discriminate")(_noisy(swaps, noise, gen))
+    y_real = torch.cat([ya, yb])
+    terms = {
+        "recon": F.l1_loss(rec, x),
+        "class_code": F.l1_loss(c2, torch.cat([c_b, c_a])),
+        "individual_code": F.l1_loss(s2, s),
+        "cycle": F.l1_loss(cyc, x),
+        "adversarial": F.cross_entropy(rf, torch.cat([real, real])),
+        "class": F.cross_entropy(cls, torch.cat([yb, ya])),
+        # optional (not in the reference): a linear probe must read the label from the class
+        # code, which keeps the class codes of different classes apart (no collapse of Ec)
+        "code_class": F.cross_entropy(cae.class_code_head(c), y_real),
+        # optional (not in the reference): class codes of one class gather around their
+        # mean, so the class code cannot carry the individual's look (scale-free: within /
+        # total spread); a batch statistic, so the codes of all ranks are gathered
+        "class_code_center": _within_class_spread(
+            engine.gather(c), engine.gather(y_real), cae.num_classes
+        ),
+        # optional (not in the reference): a swap changes its individual's image only as much
+        # as the class needs (the proximity term of counterfactual explanations)
+        "swap_proximity": F.l1_loss(swaps, rec.detach()),
+        # optional (not in the reference): a class-conditional real/fake score (projection
+        # discriminator) -- the swap must look like a *real image of its class*, which a
+        # pattern that merely fools the class head does not
+        "conditional_adversarial": F.softplus(-_conditional_score(rf, cls, y_swap)).mean(),
+    }
+    return terms, swaps
+
+
+_G_TERMS = (
+    "recon",
+    "class_code",
+    "individual_code",
+    "cycle",
+    "adversarial",
+    "class",
+    "code_class",
+    "class_code_center",
+    "swap_proximity",
+    "conditional_adversarial",
+)
 
 
 def _train_step(
@@ -470,93 +918,54 @@ def _train_step(
     w: Mapping[str, float],
     noise: float = 0.0,
     gen: torch.Generator | None = None,
+    engine: _Engine | None = None,
 ) -> dict[str, float]:
+    engine = engine if engine is not None else _Engine()
     n = xa.shape[0]
+    # ---------------- generator (encoders + decoder)
+    with engine.autocast():
+        terms, swaps = _generator_losses(cae, xa, xb, ya, yb, noise, gen, engine)
+    terms = {k: v.float() for k, v in terms.items()}
+    g_total = w["recon"] * terms["recon"]
+    for k in _G_TERMS[1:]:
+        g_total = g_total + w[k] * terms[k]
+    engine.optimise("g", g_total, opt_g, cae.generator_parameters())
+    # ---------------- discriminator
     real = torch.ones(n, dtype=torch.long, device=xa.device)
     fake = torch.zeros(n, dtype=torch.long, device=xa.device)
-    # ---------------- generator (encoders + decoder)
     x = torch.cat([xa, xb])
-    s, c = cae.encode(x)
-    s_a, s_b = s[:n], s[n:]
-    c_a, c_b = c[:n], c[n:]
-    rec = cae.decode(s, c)
-    x_ab = cae.decode(s_a, c_b)  # a's individual code, b's class
-    x_ba = cae.decode(s_b, c_a)
-    swaps = torch.cat([x_ab, x_ba])
-    s2, c2 = cae.encode(swaps)
-    cyc = cae.decode(s2, c)  # (s_ab', c_a) -> a ; (s_ba', c_b) -> b
-    y_swap = torch.cat([yb, ya])  # the class each swap should show (its class-code donor's)
-    rf, cls = cae.discriminate(_noisy(swaps, noise, gen))
-    l_recon = F.l1_loss(rec, x)
-    l_cc = F.l1_loss(c2, torch.cat([c_b, c_a]))
-    l_ic = F.l1_loss(s2, s)
-    l_cyc = F.l1_loss(cyc, x)
-    l_adv = F.cross_entropy(rf, torch.cat([real, real]))
-    l_cls = F.cross_entropy(cls, torch.cat([yb, ya]))
-    # optional (not in the reference): a linear probe must read the label from the class code,
-    # which keeps the class codes of different classes apart (no collapse of Ec)
-    l_code_cls = F.cross_entropy(cae.class_code_head(c), torch.cat([ya, yb]))
-    # optional (not in the reference): class codes of one class gather around their mean, so
-    # the class code cannot carry the individual's look (scale-free: within / total spread)
-    l_center = _within_class_spread(c, torch.cat([ya, yb]))
-    # optional (not in the reference): a swap changes its individual's image only as much as
-    # the class needs (the proximity term of counterfactual explanations)
-    l_prox = F.l1_loss(swaps, rec.detach())
-    # optional (not in the reference): a class-conditional real/fake score (projection
-    # discriminator) -- the swap must look like a *real image of its class*, which a pattern
-    # that merely fools the class head does not
-    l_cond = F.softplus(-_conditional_score(rf, cls, y_swap)).mean()
-    g_total = (
-        w["recon"] * l_recon
-        + w["class_code"] * l_cc
-        + w["individual_code"] * l_ic
-        + w["cycle"] * l_cyc
-        + w["adversarial"] * l_adv
-        + w["class"] * l_cls
-        + w["code_class"] * l_code_cls
-        + w["class_code_center"] * l_center
-        + w["swap_proximity"] * l_prox
-        + w["conditional_adversarial"] * l_cond
+    y_real = torch.cat([ya, yb])
+    y_swap = torch.cat([yb, ya])
+    discriminate = engine.net(cae, "discriminate")
+    with engine.autocast():
+        rf_real, cls_real = discriminate(_noisy(x, noise, gen))
+        rf_fake, cls_fake = discriminate(_noisy(swaps.detach(), noise, gen))
+    rf_real, cls_real, rf_fake, cls_fake = (
+        t.float() for t in (rf_real, cls_real, rf_fake, cls_fake)
     )
-    opt_g.zero_grad(set_to_none=True)
-    g_total.backward()
-    opt_g.step()
-    # ---------------- discriminator
-    rf_real, cls_real = cae.discriminate(_noisy(x, noise, gen))
-    rf_fake, cls_fake = cae.discriminate(_noisy(swaps.detach(), noise, gen))
     l_d_rf = F.cross_entropy(rf_real, torch.cat([real, real])) + F.cross_entropy(
         rf_fake, torch.cat([fake, fake])
     )
-    l_d_cls = F.cross_entropy(cls_real, torch.cat([ya, yb]))
-    y_real = torch.cat([ya, yb])
+    l_d_cls = F.cross_entropy(cls_real, y_real)
     l_d_cond = (
         F.softplus(-_conditional_score(rf_real, cls_real, y_real)).mean()
         + F.softplus(_conditional_score(rf_fake, cls_fake, y_swap)).mean()
-        # a real image paired with another class is "fake" too (matching-aware)
+        # a real image paired with another class is "fake" too (matching-aware; under several
+        # processes the pairing is within each rank's batch)
         + F.softplus(_conditional_score(rf_real, cls_real, y_real.flip(0))).mean()
     )
     d_total = w["d_real_fake"] * l_d_rf + w["d_class"] * l_d_cls + w["d_conditional"] * l_d_cond
-    opt_d.zero_grad(set_to_none=True)
-    d_total.backward()
-    opt_d.step()
+    engine.optimise("d", d_total, opt_d, list(cae.discriminator.parameters()))
     out = {
         "g_total": g_total,
-        "recon": l_recon,
-        "class_code": l_cc,
-        "individual_code": l_ic,
-        "cycle": l_cyc,
-        "adversarial": l_adv,
-        "class": l_cls,
-        "code_class": l_code_cls,
-        "class_code_center": l_center,
-        "swap_proximity": l_prox,
-        "conditional_adversarial": l_cond,
+        **terms,
         "d_total": d_total,
         "d_real_fake": l_d_rf,
         "d_class": l_d_cls,
         "d_conditional": l_d_cond,
     }
-    vals = {k: float(v.detach()) for k, v in out.items()}
+    stacked = engine.reduce_values(torch.stack([v.detach() for v in out.values()]))
+    vals = dict(zip(out, stacked.tolist(), strict=True))
     for k, v in vals.items():
         if not math.isfinite(v):
             raise FloatingPointError(
@@ -580,10 +989,11 @@ def _conditional_score(rf: Tensor, cls: Tensor, y: Tensor) -> Tensor:
     return rf[:, 1] - rf[:, 0] + cls.gather(1, y[:, None])[:, 0]
 
 
-def _within_class_spread(codes: Tensor, labels: Tensor) -> Tensor:
-    """Within-class share of the class codes' total variance (0 = every class is one point)."""
+def _within_class_spread(codes: Tensor, labels: Tensor, num_classes: int) -> Tensor:
+    """Within-class share of the class codes' total variance (0 = every class is one point).
+    ``num_classes`` is given rather than read from the labels: no device sync per step."""
     total = (codes - codes.mean(0)).pow(2).sum(1).mean()
-    onehot = F.one_hot(labels, int(labels.max()) + 1).to(codes.dtype)
+    onehot = F.one_hot(labels, num_classes).to(codes.dtype)
     means = (onehot.T @ codes) / onehot.sum(0).clamp_min(1.0)[:, None]
     within = (codes - means[labels]).pow(2).sum(1).mean()
     return within / (total + 1e-8)
@@ -597,6 +1007,7 @@ def _load_checkpoint(
     gen: torch.Generator,
     history: TrainingHistory,
     dev: torch.device,
+    engine: _Engine | None = None,
 ) -> int:
     ck = torch.load(path, map_location=dev, weights_only=True)
     cae.load_state_dict(ck["model"])
@@ -605,6 +1016,9 @@ def _load_checkpoint(
     gen.set_state(ck["rng"].cpu())
     history.losses = {k: list(v) for k, v in json.loads(ck["history"]).items()}
     history.seconds = float(ck["seconds"])
+    for name, scaler in (engine.scalers if engine is not None else {}).items():
+        if f"scaler_{name}" in ck:
+            scaler.load_state_dict(ck[f"scaler_{name}"])
     step = int(ck["step"])
     history.steps = step
     return step

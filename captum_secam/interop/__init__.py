@@ -17,6 +17,7 @@ from captum_secam.interop.compare import (
     spearman,
     top_k_overlap,
 )
+from captum_secam.interop.guided import SeCamLime, fit_prior_ridge, guided_masks
 from captum_secam.interop.lime import (
     lime_classifier_fn,
     lime_explanation_to_scores,
@@ -41,12 +42,15 @@ __all__ = [
     "DEFAULT_METHODS",
     "METHODS",
     "ComparisonResult",
+    "SeCamLime",
     "SegmentMasker",
     "attribution_to_segment_scores",
     "attribution_to_shap_explanation",
     "captum_attribute",
     "compare_methods",
     "fill_image",
+    "fit_prior_ridge",
+    "guided_masks",
     "lime_classifier_fn",
     "lime_explanation_to_scores",
     "lime_image_from_input",
