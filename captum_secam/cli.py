@@ -43,6 +43,8 @@ def timing_note(methods: Sequence[str]) -> str:
     if any(m in ("lime", "kernelshap") for m in methods):
         return TIMING_NOTE + " (Lime/KernelShap: one run after a warm-up)"
     return TIMING_NOTE
+
+
 DEMO_PHOTO = "chelsea"
 _TITLES = {
     "secam": "SeCam",
