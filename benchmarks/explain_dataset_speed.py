@@ -9,8 +9,7 @@ Measured side by side, in one run:
 Steps 1–3 run ``--repeats`` times, interleaved; the medians are reported.
 
 1. ``loop``: a plain Python loop, one image at a time: read + decode + resize the file, then
-   ``SeCam.attribute(x, return_input_shape=False)`` (it segments by itself, in a thread when
-   a core is free).
+   ``SeCam.attribute(x, return_input_shape=False)`` (it segments by itself, after the CAM).
 2. ``cam-only``: Captum ``LayerGradCam`` on batches from the same DataLoader workers (decode
    and resize only, no segmentation, nothing written): the cost floor of any CAM job.
 3. ``explain_dataset``: the job (workers decode, resize and segment; batched SeCam; Parquet).
