@@ -20,7 +20,7 @@ Every function is deterministic: orderings break ties by pixel or segment index 
 randomisation test draws from its own seeded generator.
 
 Example:
-    >>> secam = SeCam(model, model.layer4)
+    >>> secam = SeCam(model, model._bn1)
     >>> mask = segment(x, n_segments=50)
     >>> attr = secam.attribute(x, target=3, feature_mask=mask)
     >>> deletion_auc(model, x, attr, target=3, feature_mask=mask)   # lower is better
@@ -374,6 +374,7 @@ def deletion_curve(
             non-positive ``n_steps``/``batch_size``, a bad feature mask or targets.
 
     Example:
+        >>> attr = SeCam(model, model._bn1).attribute(x, target=3)
         >>> curve = deletion_curve(model, x, attr, target=3, n_steps=10)
         >>> curve.scores.shape
         torch.Size([1, 11])
@@ -508,6 +509,8 @@ def deletion_auc(
     in [0, 1].
 
     Example:
+        >>> mask = segment(x, n_segments=50)
+        >>> attr = SeCam(model, model._bn1).attribute(x, target=3, feature_mask=mask)
         >>> deletion_auc(model, x, attr, target=3, feature_mask=mask, fill="mean")
     """
     curve = deletion_curve(forward_func, inputs, attributions, target, **kwargs)
@@ -893,7 +896,7 @@ def parameter_randomisation(
     Args:
         attribute_fn: ``attribute_fn(model, inputs, target) -> attributions``; it must build its
             explainer on the model it receives (the copy), e.g.
-            ``lambda m, x, t: SeCam(m, m.layer4).attribute(x, target=t, feature_mask=mask)``.
+            ``lambda m, x, t: SeCam(m, m._bn1).attribute(x, target=t, feature_mask=mask)``.
         model: The trained model.
         inputs: N×C×H×W images.
         target: Passed to ``attribute_fn`` unchanged (int, list, tensor or ``None``).
@@ -918,7 +921,7 @@ def parameter_randomisation(
 
     Example:
         >>> results = parameter_randomisation(
-        ...     lambda m, x, t: SeCam(m, m.layer4).attribute(x, target=t, feature_mask=mask),
+        ...     lambda m, x, t: SeCam(m, m._bn1).attribute(x, target=t, feature_mask=mask),
         ...     model, x, target=3)
         >>> [(name, float(s.mean())) for name, s in results]
     """

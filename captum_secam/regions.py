@@ -59,6 +59,7 @@ def select_top_k(attributions: Tensor, feature_mask: Tensor, k: int) -> Tensor:
         Boolean N×1×H×W mask, True on the selected segments.
 
     Example:
+        >>> m = segment(x, n_segments=50)
         >>> region = select_top_k(secam.attribute(x, target=281, feature_mask=m), m, k=4)
     """
     scores, mask = _scores_and_mask(attributions, feature_mask)

@@ -8,6 +8,11 @@ there without an error, SPEC §4). Figures are created with :class:`matplotlib.f
 own axes.
 
 Example:
+    >>> from captum_secam.interop import captum_attribute
+    >>> secam_attr = SeCam(model, model._bn1).attribute(x, target=281, feature_mask=mask)
+    >>> lime_attr = captum_attribute(
+    ...     "lime", model, x, mask, target=281, n_samples=50, return_input_shape=True
+    ... )
     >>> fig = plot_method_grid(photo, mask, {"SeCam": secam_attr, "Lime": lime_attr},
     ...                        regions={"SeCam": select_top_k(secam_attr, mask, 4)})
     >>> fig.savefig("explanations.png")

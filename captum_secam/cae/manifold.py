@@ -92,8 +92,15 @@ def plot_class_code_manifold(
         The matplotlib Figure.
 
     Example:
-        >>> fig = plot_class_code_manifold(cae, x, y, explanation=res)  # doctest: +SKIP
-        >>> fig.savefig("manifold.png")  # doctest: +SKIP
+        >>> from captum_secam.cae import CaeCounterfactual
+        >>> from captum_secam.cae.fashion_mnist import load_pretrained, load_samples
+        >>> classifier, cae = load_pretrained("coats")
+        >>> x, y = load_samples("coats")
+        >>> res = CaeCounterfactual(classifier, cae).attribute(
+        ...     x[:1], target=y[:1], return_counterfactuals=True
+        ... )
+        >>> fig = plot_class_code_manifold(cae, x, y, explanation=res)
+        >>> fig.savefig("manifold.png")
     """
     import matplotlib.pyplot as plt
 

@@ -58,6 +58,9 @@ class TrainingMonitor:
         report_kwargs: extra keyword arguments for :func:`evaluate_cae` (e.g. ``explain=100``).
 
     Example:
+        >>> from captum_secam.cae.fashion_mnist import load_pretrained, load_samples
+        >>> clf, cae = load_pretrained("coats")
+        >>> xv, yv = load_samples("coats")  # held-out images for the validation report
         >>> monitor = TrainingMonitor("runs/cae", classifier=clf, images=xv, labels=yv)
         >>> history = train_cae(cae, dataset, steps=2000, monitor=monitor)  # doctest: +SKIP
         >>> monitor.reports[-1].swap_success  # doctest: +SKIP

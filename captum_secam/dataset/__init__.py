@@ -3,7 +3,7 @@
 Needs the ``dataset`` extra (pyarrow); :func:`explain_dataset_ray` also needs ``ray``.
 
 Example:
-    >>> summary = explain_dataset("photos/", model, "explained/", layer=model.layer4)
+    >>> summary = explain_dataset("photos/", model, "explained/", layer=model._bn1)
     >>> table = read_results("explained/")
     >>> draw_overlay("explained/", row=0)
 """

@@ -339,7 +339,8 @@ def explain_dataset(
             (:class:`~captum_secam.dataset.store.DatasetConfigError`).
 
     Example:
-        >>> summary = explain_dataset("photos/", model, "explained/", layer=model.layer4)
+        >>> from captum_secam.dataset import read_results
+        >>> summary = explain_dataset("photos/", model, "explained/", layer=model._bn1)
         >>> table = read_results("explained/")
     """
     setup = plan_run(

@@ -31,6 +31,7 @@ def read_results(
         A ``pyarrow.Table`` (or DataFrame) with one row per finished image.
 
     Example:
+        >>> import pyarrow.compute as pc
         >>> table = read_results("explained/")
         >>> table.filter(pc.field("status") == "error").column("error")
     """

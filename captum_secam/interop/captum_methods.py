@@ -65,6 +65,7 @@ class WeightedRidge(Model):
         alpha: Ridge penalty, ``>= 0``. The ``lime`` package uses 1.0.
 
     Example:
+        >>> import captum.attr
         >>> lime = captum.attr.Lime(model, interpretable_model=WeightedRidge(alpha=1.0))
     """
 

@@ -6,12 +6,16 @@
 times, a Markdown table and a figure.
 
 Example:
+    >>> from captum_secam.demo_model import (
+    ...     load_efficientnet_lite0, load_photo, preprocess_photo, resize_photo
+    ... )
     >>> model = load_efficientnet_lite0()
     >>> photo = resize_photo(load_photo("chelsea"))
     >>> x = preprocess_photo(photo)
     >>> mask = segment(x, photo=photo, n_segments=50)
     >>> result = compare_methods(model, x, feature_mask=mask, layer=model._bn1, photo=photo,
-    ...                          methods=("secam", "captum_lime", "lime", "shap_kernel"))
+    ...                          methods=("secam", "captum_lime", "lime", "shap_kernel"),
+    ...                          n_samples=100)
     >>> print(result.to_markdown())
     >>> result.plot(out="comparison.png")
 """

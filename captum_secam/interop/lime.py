@@ -89,8 +89,14 @@ def lime_segmentation_fn(feature_mask: Any) -> Callable[[np.ndarray], np.ndarray
         TypeError: The mask is not integer-valued.
 
     Example:
+        >>> from lime import lime_image
+        >>> explainer = lime_image.LimeImageExplainer(random_state=0)
+        >>> image, classifier_fn = lime_image_from_input(x), lime_classifier_fn(model)
         >>> fn = lime_segmentation_fn(mask)
-        >>> explainer.explain_instance(image, classifier_fn, segmentation_fn=fn)
+        >>> explanation = explainer.explain_instance(
+        ...     image, classifier_fn, labels=(281,), top_labels=None, num_samples=50,
+        ...     segmentation_fn=fn,
+        ... )
     """
     ids = _mask_2d(feature_mask)
 

@@ -188,9 +188,13 @@ class SegmentMasker:
             from each explained image).
 
     Example:
+        >>> import shap
+        >>> def f(images):  # N×C×H×W numpy -> N×classes probabilities
+        ...     with torch.no_grad():
+        ...         return model(torch.as_tensor(images)).softmax(-1).numpy()
         >>> masker = SegmentMasker(mask, baseline=0.0)
         >>> explainer = shap.Explainer(f, masker, algorithm="permutation")
-        >>> explanation = explainer(x.numpy(), max_evals=1000)   # values: N×K
+        >>> explanation = explainer(x.numpy(), max_evals=100)   # values: N×K
     """
 
     def __init__(self, feature_mask: Any, baseline: Any = 0.0) -> None:
