@@ -137,9 +137,7 @@ def explain_photo(
         An :class:`ExplainResult` with the maps, regions, timings and the output path.
     """
     import torch
-    from captum.attr import LayerAttribution, LayerGradCam
 
-    from captum_secam import SeCam, segment, select_top_k
     from captum_secam.demo_model import (
         imagenet_class_names,
         load_efficientnet_lite0,
@@ -147,9 +145,6 @@ def explain_photo(
         preprocess_photo,
         resize_photo,
     )
-    from captum_secam.interop.captum_methods import captum_attribute
-    from captum_secam.secam import DEFAULT_SEGMENTATION
-    from captum_secam.visualization import plot_method_grid
 
     unknown = [m for m in methods if m not in EXPLAIN_METHODS]
     if unknown:
@@ -159,15 +154,13 @@ def explain_photo(
     photo = resize_photo(load_photo(image))
     x = preprocess_photo(photo)
     model = load_efficientnet_lite0()
-    layer = cast(torch.nn.Module, model._bn1)
     with torch.no_grad():
         probabilities = model(x).softmax(dim=1)[0]
     if target_index is None:
         target_index = int(probabilities.argmax())
     class_name = names[target_index]
 
-    params = {**DEFAULT_SEGMENTATION, "n_segments": n_segments}
-    mask, seg_time = _time_warm(lambda: segment(x, **params), TIMED_REPEATS)
+    mask, seg_time = _segment_timed(x, n_segments)
     n_found = int(mask.max()) + 1
     if top_k > n_found:
         raise _UsageError(
@@ -175,6 +168,56 @@ def explain_photo(
             "raise --n-segments"
         )
 
+    attributions, regions, timings = _explain_timed(
+        model, x, mask, target_index, methods, samples, seed, top_k, seg_time
+    )
+    result = ExplainResult(
+        out=out if out is not None else f"secam_{_stem(image)}.png",
+        target=target_index,
+        class_name=class_name,
+        probability=float(probabilities[target_index]),
+        feature_mask=mask,
+        attributions=attributions,
+        regions=regions,
+        timings=timings,
+        segmentation_time=seg_time,
+        timing_note=timing_note(methods),
+    )
+    _write_figure(result, photo, samples, top_k)
+    return result
+
+
+def _segment_timed(x: Any, n_segments: int) -> tuple[Any, float]:
+    """SLIC superpixels of ``x`` (SeCam's default settings) and their warm wall time."""
+    from captum_secam import segment
+    from captum_secam.secam import DEFAULT_SEGMENTATION
+
+    params = {**DEFAULT_SEGMENTATION, "n_segments": n_segments}
+    return _time_warm(lambda: segment(x, **params), TIMED_REPEATS)
+
+
+def _explain_timed(
+    model: Any,
+    x: Any,
+    mask: Any,
+    target_index: int,
+    methods: Sequence[str],
+    samples: int,
+    seed: int,
+    top_k: int,
+    seg_time: float,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, float]]:
+    """Each method's map, top-k region and warm wall time, keyed by its figure title.
+
+    SeCam's time includes the segmentation it needs; Grad-CAM has no segments, so no region.
+    """
+    import torch
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    from captum_secam import SeCam, select_top_k
+    from captum_secam.interop.captum_methods import captum_attribute
+
+    layer = cast(torch.nn.Module, model._bn1)
     attributions: dict[str, Any] = {}
     regions: dict[str, Any] = {}
     timings: dict[str, float] = {}
@@ -215,44 +258,39 @@ def explain_photo(
         timings[_TITLES[method]] = elapsed
         if method != "gradcam":
             regions[_TITLES[method]] = select_top_k(attr, mask, top_k)
+    return attributions, regions, timings
+
+
+def _write_figure(result: ExplainResult, photo: Any, samples: int, top_k: int) -> None:
+    """The comparison figure of ``result``, each map titled with its wall time."""
+    from captum_secam.visualization import plot_method_grid
 
     titles = {
         "Captum Lime": f"Captum Lime ({samples} samples)",
         "Captum KernelShap": f"Captum KernelShap ({samples} samples)",
     }
+    timings, seg_time = result.timings, result.segmentation_time
     labels: dict[str, float | str] = dict(timings)
     if "SeCam" in labels:
         labels["SeCam"] = (
             f"{timings['SeCam'] * 1000:.0f} ms incl. {seg_time * 1000:.0f} ms segmentation"
         )
-    out_path = out if out is not None else f"secam_{_stem(image)}.png"
+    n_found = int(result.feature_mask.max()) + 1
     figure = plot_method_grid(
         photo,
-        mask,
-        attributions,
+        result.feature_mask,
+        result.attributions,
         titles=titles,
         timings=labels,
-        regions=regions,
+        regions=result.regions,
         region_label=f"top {top_k} segments",
         suptitle=(
-            f"EfficientNet-Lite0: {class_name} (class {target_index}, "
-            f"p = {float(probabilities[target_index]):.2f}); top-{top_k} of {n_found} superpixels"
-            f"\n{timing_note(methods)}"
+            f"EfficientNet-Lite0: {result.class_name} (class {result.target}, "
+            f"p = {result.probability:.2f}); top-{top_k} of {n_found} superpixels"
+            f"\n{result.timing_note}"
         ),
     )
-    figure.savefig(out_path, dpi=110)
-    return ExplainResult(
-        out=out_path,
-        target=target_index,
-        class_name=class_name,
-        probability=float(probabilities[target_index]),
-        feature_mask=mask,
-        attributions=attributions,
-        regions=regions,
-        timings=timings,
-        segmentation_time=seg_time,
-        timing_note=timing_note(methods),
-    )
+    figure.savefig(result.out, dpi=110)
 
 
 def _stem(image: str) -> str:

@@ -407,3 +407,47 @@ def test_checkpoint_written_before_the_new_options_still_loads(tmp_path: Path) -
     assert old.config.pooling == "mean" and old.config.disc_downsample == 2
     x = torch.rand(2, 1, 16, 16)
     torch.testing.assert_close(old.encode_class(x), cae.eval().encode_class(x))
+
+
+@pytest.mark.parametrize("layout", [dict(), REFERENCE_LAYOUT], ids=["recipe", "reference"])
+def test_edit_mask_changes_only_inside_the_mask(layout: dict) -> None:
+    """With ``class_edit_mask`` the class code acts through A: where the mask is 0 the image is
+    B(s) whatever the class code, so two class codes differ by at most the masks' share."""
+    cae = tiny_cae(class_edit_mask=True, **layout)
+    x = torch.rand(4, 1, 16, 16)
+    with torch.no_grad():
+        s, c = cae.encode(x)
+        image, mask = cae.decode_with_mask(s, c)
+        other, other_mask = cae.decode_with_mask(s, c.flip(0) * 3.0)
+        base = (torch.tanh(cae.decoder.base(s)) + 1.0) * 0.5
+    assert mask is not None and other_mask is not None
+    assert mask.shape == (4, 1, 16, 16) and float(mask.min()) > 0.0 and float(mask.max()) < 1.0
+    torch.testing.assert_close(image, cae.decode(s, c), rtol=0, atol=0)
+    # x = A·C + (1 − A)·B with C in [0, 1]: |x − B| ≤ A pixel by pixel
+    assert bool(((image - base).abs() <= mask + 1e-6).all())
+    assert bool(((image - other).abs() <= mask + other_mask + 1e-6).all())
+    assert not torch.allclose(image, other)  # the class code still matters inside the mask
+    # the mask starts mostly closed (logit bias -2: A ≈ 0.12), so B(s) learns the image first
+    assert 0.05 < float(mask.mean()) < 0.3
+
+
+def test_edit_mask_is_off_by_default_and_round_trips(tmp_path: Path) -> None:
+    plain = tiny_cae()
+    assert plain.config.class_edit_mask is False and plain.decoder.base is None
+    with torch.no_grad():
+        s, c = plain.encode(torch.rand(2, 1, 16, 16))
+        assert plain.decode_with_mask(s, c)[1] is None
+    cae = tiny_cae(class_edit_mask=True)
+    assert set(cae.state_dict()) - set(plain.state_dict()) == {
+        k for k in cae.state_dict() if k.startswith("decoder.base.")
+    }
+    cae.save(tmp_path / "m")
+    loaded = ClassAssociationEmbedding.load(tmp_path / "m")
+    assert loaded.config.class_edit_mask is True and loaded.config == cae.config
+    x = torch.rand(2, 1, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), cae(x), rtol=0, atol=0)
+    # a file written before the option existed loads as a plain decoder
+    doc = cae.config.to_json_dict()
+    del doc["class_edit_mask"]
+    assert CaeConfig.from_json_dict(doc).class_edit_mask is False

@@ -307,7 +307,13 @@ def test_default_loss_weights_are_the_reference_plus_the_recipe_terms() -> None:
     # the authors' weights (their public code); terms they do not have are 0
     assert REFERENCE_LOSS_WEIGHTS["recon"] == REFERENCE_LOSS_WEIGHTS["cycle"] == 10.0
     assert REFERENCE_LOSS_WEIGHTS["class"] == 1.0 and REFERENCE_LOSS_WEIGHTS["d_class"] == 2.0
-    for k in ("code_class", "class_code_center", "swap_proximity", "conditional_adversarial"):
+    for k in (
+        "code_class",
+        "class_code_center",
+        "swap_proximity",
+        "conditional_adversarial",
+        "edit_sparsity",
+    ):
         assert REFERENCE_LOSS_WEIGHTS[k] == 0.0, k
 
 
@@ -333,3 +339,33 @@ def test_time_limit_stops_early() -> None:
     hist = train_cae(cae, make_data(), steps=50, batch_size=4, progress=False, time_limit=0.0)
     assert hist.steps == 1 and len(hist.losses["recon"]) == 1
     assert cae.training_info["steps"] == 1 and cae.centroids is not None
+
+
+def test_edit_sparsity_shrinks_the_edit_mask() -> None:
+    """The ``edit_sparsity`` term is the mean edit-mask area; weighting it closes the mask."""
+    assert REFERENCE_LOSS_WEIGHTS["edit_sparsity"] == DEFAULT_LOSS_WEIGHTS["edit_sparsity"] == 0
+    kw = dict(steps=15, batch_size=8, lr=2e-3, progress=False, discriminator_warmup=0)
+
+    def masked() -> ClassAssociationEmbedding:
+        torch.manual_seed(0)
+        return ClassAssociationEmbedding(
+            16,
+            1,
+            3,
+            class_code_dim=4,
+            base_channels=4,
+            mlp_dim=8,
+            disc_channels=4,
+            class_edit_mask=True,
+        )
+
+    free, sparse = masked(), masked()
+    h_free = train_cae(free, make_data(), loss_weights={"edit_sparsity": 0.0}, **kw)  # type: ignore[arg-type]
+    h_sparse = train_cae(sparse, make_data(), loss_weights={"edit_sparsity": 20.0}, **kw)  # type: ignore[arg-type]
+    # the logged term is the mask area, the same at step 1 (same weights, same batch)
+    assert h_free.losses["edit_sparsity"][0] == pytest.approx(h_sparse.losses["edit_sparsity"][0])
+    assert 0.05 < h_free.losses["edit_sparsity"][0] < 0.3
+    assert h_sparse.mean("edit_sparsity", last=3) < 0.5 * h_free.mean("edit_sparsity", last=3)
+    # without the mask option the term is 0 and contributes nothing
+    plain = train_cae(make_cae(), make_data(), steps=2, batch_size=4, progress=False)
+    assert plain.losses["edit_sparsity"] == [0.0, 0.0]

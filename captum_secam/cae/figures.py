@@ -553,6 +553,57 @@ def plot_counterfactual(
             ``n_path_images < 2``, a wrong number of class names or an unknown ``scores``.
     """
     exp = _check_explanation(explanation)
+    x, n_path, names = _check_counterfactual_args(
+        exp, index, cae, image, class_names, label, n_path_images, scores
+    )
+    frac, strip, probs = _decode_path(exp, index, cae, classifier, x, n_path, scores)
+    p_image, p_rec, p_strip = probs[0], probs[1], probs[2:]
+
+    tgt = int(exp.target[index])
+    cf_pred = int(exp.counterfactual_prediction[index])
+    if int(p_strip[-1].argmax()) != cf_pred:
+        warnings.warn(
+            f"plot_counterfactual: the classifier predicts {names[int(p_strip[-1].argmax())]!r} "
+            f"on the decoded counterfactual but the explanation says {names[cf_pred]!r}; is it "
+            "the classifier (in eval mode) and the CAE the explanation was computed with?",
+            UserWarning,
+            stacklevel=2,
+        )
+
+    path_cols = n_path if n_path <= 6 else math.ceil(n_path / math.ceil(n_path / 6))
+    path_rows = math.ceil(n_path / path_cols)
+    width = _PANEL * max(4, path_cols) + 0.6
+    fig = Figure(figsize=(width, 2.45 * (1 + path_rows) + 1.3), layout="constrained")
+    subfigs = np.asarray(fig.subfigures(2, 1, height_ratios=[1.0, float(path_rows)])).ravel()
+    top_fig, path_fig = subfigs[0], subfigs[1]
+    _draw_explanation_row(top_fig, exp, index, x, names, label, p_image, p_rec)
+
+    path_axes = path_fig.subplots(path_rows, path_cols, squeeze=False).ravel()
+    _draw_path(path_axes, strip, frac, p_strip, names, tgt)
+    header = (
+        "Decoded along the straight class-code segment from the image's own class code (0%) "
+        "to the counterfactual code (100%), with the individual code of the explanation; "
+        f"captions: predicted class (probability), red when not {names[tgt]!r}"
+    )
+    path_fig.suptitle(_wrap(header, _chars(width, _FONT)), fontsize=_FONT)
+
+    head = f"CAE counterfactual: explaining {names[tgt]!r}"
+    verdict = _counterfactual_verdict(exp, index, names)
+    fig.suptitle(_wrap(f"{head}: {verdict}", _chars(width, _TITLE_FONT)), fontsize=_TITLE_FONT)
+    return fig
+
+
+def _check_counterfactual_args(
+    exp: CaeExplanation,
+    index: Any,
+    cae: Any,
+    image: Any,
+    class_names: Sequence[str],
+    label: Any,
+    n_path_images: Any,
+    scores: str,
+) -> tuple[Tensor, int, tuple[str, ...]]:
+    """The checks of :func:`plot_counterfactual`: ``(1×C×H×W image, path length, names)``."""
     if not isinstance(cae, ClassAssociationEmbedding):
         raise TypeError(f"cae must be a ClassAssociationEmbedding, got {type(cae).__name__}.")
     n = exp.attributions.shape[0]
@@ -573,7 +624,22 @@ def plot_counterfactual(
             f"the explanation's class codes have {exp.class_codes.shape[1]} entries but this CAE's "
             f"have {cae.class_code_dim}; pass the CAE the explanation was computed with."
         )
+    return x, n_path, names
 
+
+def _decode_path(
+    exp: CaeExplanation,
+    index: int,
+    cae: ClassAssociationEmbedding,
+    classifier: Callable[[Tensor], Tensor],
+    x: Tensor,
+    n_path: int,
+    scores: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(fractions, path images, probabilities)`` along the class-code segment.
+
+    The probabilities are those of the image, its reconstruction and then each path image.
+    """
     param = next(cae.parameters())
     dev, dtype = param.device, param.dtype
     was_training = cae.training
@@ -601,28 +667,24 @@ def plot_counterfactual(
             )
     finally:
         cae.train(was_training)
-    p_image, p_rec, p_strip = probs[0], probs[1], probs[2:]
+    return frac, strip, probs
 
+
+def _draw_explanation_row(
+    top_fig: Any,
+    exp: CaeExplanation,
+    index: int,
+    x: Tensor,
+    names: Sequence[str],
+    label: int | None,
+    p_image: Tensor,
+    p_rec: Tensor,
+) -> None:
+    """Original, reconstruction, counterfactual and saliency (with its colour bar)."""
     tgt = int(exp.target[index])
-    cft = int(exp.counterfactual_target[index])
     cf_pred = int(exp.counterfactual_prediction[index])
     rec_pred = int(exp.reconstruction_prediction[index])
     flipped = bool(exp.flipped[index])
-    if int(p_strip[-1].argmax()) != cf_pred:
-        warnings.warn(
-            f"plot_counterfactual: the classifier predicts {names[int(p_strip[-1].argmax())]!r} "
-            f"on the decoded counterfactual but the explanation says {names[cf_pred]!r}; is it "
-            "the classifier (in eval mode) and the CAE the explanation was computed with?",
-            UserWarning,
-            stacklevel=2,
-        )
-
-    path_cols = n_path if n_path <= 6 else math.ceil(n_path / math.ceil(n_path / 6))
-    path_rows = math.ceil(n_path / path_cols)
-    width = _PANEL * max(4, path_cols) + 0.6
-    fig = Figure(figsize=(width, 2.45 * (1 + path_rows) + 1.3), layout="constrained")
-    subfigs = np.asarray(fig.subfigures(2, 1, height_ratios=[1.0, float(path_rows)])).ravel()
-    top_fig, path_fig = subfigs[0], subfigs[1]
     top = top_fig.subplots(1, 4)
 
     orig_lines = ["original"]
@@ -660,7 +722,17 @@ def plot_counterfactual(
     cbar.set_ticks([0.0, float(sal.max())] if float(sal.max()) > 0 else [0.0])
     cbar.ax.yaxis.set_major_formatter("{x:.3g}")
 
-    path_axes = path_fig.subplots(path_rows, path_cols, squeeze=False).ravel()
+
+def _draw_path(
+    path_axes: np.ndarray,
+    strip: Tensor,
+    frac: Tensor,
+    p_strip: Tensor,
+    names: Sequence[str],
+    tgt: int,
+) -> None:
+    """One captioned panel per path image; spare panels of the last row are hidden."""
+    n_path = strip.shape[0]
     for m, ax in enumerate(path_axes):
         if m >= n_path:
             ax.set_visible(False)
@@ -675,35 +747,33 @@ def plot_counterfactual(
             f"path {m}",
             "black" if k == tgt else _FLIP_COLOUR,
         )
-    header = (
-        "Decoded along the straight class-code segment from the image's own class code (0%) "
-        "to the counterfactual code (100%), with the individual code of the explanation; "
-        f"captions: predicted class (probability), red when not {names[tgt]!r}"
-    )
-    path_fig.suptitle(_wrap(header, _chars(width, _FONT)), fontsize=_FONT)
 
-    head = f"CAE counterfactual: explaining {names[tgt]!r}"
+
+def _counterfactual_verdict(exp: CaeExplanation, index: int, names: Sequence[str]) -> str:
+    """The title's second half: where the decision flips, or why nothing flipped."""
+    tgt = int(exp.target[index])
+    cft = int(exp.counterfactual_target[index])
+    cf_pred = int(exp.counterfactual_prediction[index])
+    rec_pred = int(exp.reconstruction_prediction[index])
     if rec_pred != tgt:
-        verdict = (
+        return (
             f"NOTHING FLIPPED: the reconstruction is already classified as {names[rec_pred]!r}, "
             "so moving the class code cannot explain the decision (a larger fit_steps may help)."
         )
-    elif flipped:
+    if bool(exp.flipped[index]):
         t_star = float(exp.flip_position[index])
         verdict = f"the decision flips to {names[cf_pred]!r} at t* = {t_star:.2f}"
         if cf_pred != cft:
             verdict += f" (while moving toward {names[cft]!r})"
-        verdict += "."
-    elif cf_pred == tgt:
-        verdict = (
+        return verdict + "."
+    if cf_pred == tgt:
+        return (
             f"NOTHING FLIPPED while moving toward {names[cft]!r}: the prediction stayed "
             f"{names[tgt]!r} to the path end; the map is not a counterfactual explanation."
         )
-    else:
-        verdict = (
-            f"NOTHING FLIPPED while moving toward {names[cft]!r}: no point of the path reached "
-            f"another class with the required confidence (path end: {names[cf_pred]!r}, "
-            f"{cf_prob:.2f}); the map is not a counterfactual explanation."
-        )
-    fig.suptitle(_wrap(f"{head}: {verdict}", _chars(width, _TITLE_FONT)), fontsize=_TITLE_FONT)
-    return fig
+    cf_prob = float(exp.counterfactual_probability[index])
+    return (
+        f"NOTHING FLIPPED while moving toward {names[cft]!r}: no point of the path reached "
+        f"another class with the required confidence (path end: {names[cf_pred]!r}, "
+        f"{cf_prob:.2f}); the map is not a counterfactual explanation."
+    )

@@ -51,7 +51,7 @@ def _pool(x: Tensor, pooling: str) -> Tensor:
 
 @dataclass(frozen=True)
 class CaeConfig:
-    """Architecture of a :class:`ClassAssociationEmbedding` (everything needed to rebuild it).
+    r"""Architecture of a :class:`ClassAssociationEmbedding` (everything needed to rebuild it).
 
     Attributes:
         image_size: ``(height, width)`` of the images, each divisible by ``2**n_downsample``.
@@ -79,6 +79,12 @@ class CaeConfig:
         adain_upsampling: also modulate the decoder's up-sampling layers with AdaIN (instead of
             layer norm), giving the class code control at every scale; the reference decoder
             uses AdaIN only in the residual blocks.
+        class_edit_mask: let the class code change the image only inside a predicted mask:
+            the decoder returns :math:`A \odot C(s, c) + (1 - A) \odot B(s)`, where
+            :math:`B` decodes the individual code alone and :math:`A(s, c) \in [0, 1]^{H×W}`
+            is a per-pixel edit mask (the attention-mask design of GANimation-style image
+            editors). With the ``edit_sparsity`` training loss the class-associated change is
+            confined to a small region instead of spreading through the instance norms.
         class_names: optional human-readable names, one per class.
 
     The defaults are the small CPU recipe of the shipped 28-px models (``docs/cae.md``): one
@@ -103,6 +109,7 @@ class CaeConfig:
     adain_upsampling: bool = True
     pooling: str = "mean_max"
     disc_downsample: int = 2
+    class_edit_mask: bool = False
     class_names: tuple[str, ...] = field(default_factory=tuple)
 
     def validate(self) -> None:
@@ -159,6 +166,7 @@ class CaeConfig:
         # files written before these options existed were built the reference way
         kw.setdefault("pooling", "mean")
         kw.setdefault("disc_downsample", 2)
+        kw.setdefault("class_edit_mask", False)
         kw["image_size"] = tuple(int(v) for v in d["image_size"])
         kw["class_names"] = tuple(str(v) for v in d.get("class_names", ()))
         cfg = cls(**kw)
@@ -270,6 +278,7 @@ class _Decoder(nn.Module):
         self.n_adain = 2 * cfg.n_res_blocks
         self.channels = ch
         self.adain_up = cfg.adain_upsampling
+        self.edit_mask = int(cfg.class_edit_mask)
         up_channels = [ch // 2 ** (i + 1) for i in range(cfg.n_downsample)]
         n_params = 2 * ch * self.n_adain + (2 * sum(up_channels) if self.adain_up else 0)
         self.mlp = nn.Sequential(
@@ -286,23 +295,39 @@ class _Decoder(nn.Module):
                 for c_in in [ch, *up_channels][: len(up_channels)]
             )
             self.out_conv = nn.Conv2d(
-                up_channels[-1] if up_channels else ch, cfg.in_channels, 7, padding=3
+                up_channels[-1] if up_channels else ch,
+                cfg.in_channels + self.edit_mask,
+                7,
+                padding=3,
             )
             self.up_channels = up_channels
         else:
-            up: list[nn.Module] = []
-            for _ in range(cfg.n_downsample):
-                up += [
-                    nn.Upsample(scale_factor=2, mode="nearest"),
-                    nn.Conv2d(ch, ch // 2, k, padding=k // 2),
-                    nn.GroupNorm(1, ch // 2),
-                    nn.ReLU(),
-                ]
-                ch //= 2
-            up.append(nn.Conv2d(ch, cfg.in_channels, 7, padding=3))
-            self.up = nn.Sequential(*up)
+            self.up = _plain_upsampler(ch, cfg, cfg.in_channels + self.edit_mask)
+        # the class-free base image B(s) of the edit-mask decoder
+        self.base = _plain_upsampler(ch, cfg, cfg.in_channels) if self.edit_mask else None
+        if self.edit_mask:
+            # start with a mostly closed mask (A ≈ 0.12): B(s) learns the image first
+            last = self.out_conv if self.adain_up else self.up[-1]
+            assert isinstance(last, nn.Conv2d) and last.bias is not None
+            with torch.no_grad():
+                last.bias[-1] = -2.0
 
     def forward(self, individual: Tensor, class_code: Tensor) -> Tensor:
+        return self.forward_with_mask(individual, class_code)[0]
+
+    def forward_with_mask(
+        self, individual: Tensor, class_code: Tensor
+    ) -> tuple[Tensor, Tensor | None]:
+        """The image in [-1, 1] and, for the edit-mask decoder, the mask A (N×1×H×W)."""
+        out = self._class_path(individual, class_code)
+        if self.base is None:
+            return torch.tanh(out), None
+        mask = torch.sigmoid(out[:, -1:])
+        content = torch.tanh(out[:, :-1])
+        base = torch.tanh(self.base(individual))
+        return mask * content + (1.0 - mask) * base, mask
+
+    def _class_path(self, individual: Tensor, class_code: Tensor) -> Tensor:
         n = class_code.shape[0]
         params = self.mlp(class_code)
         n_res = 2 * self.channels * self.n_adain
@@ -313,7 +338,7 @@ class _Decoder(nn.Module):
             a2 = (res_params[:, 2 * i + 1, 0], res_params[:, 2 * i + 1, 1])
             y = block(y, a1, a2)
         if not self.adain_up:
-            return torch.tanh(self.up(y))
+            return self.up(y)
         offset = n_res
         for conv, c_out in zip(self.up_convs, self.up_channels, strict=True):
             y = conv(F.interpolate(y, scale_factor=2.0, mode="nearest"))
@@ -325,7 +350,23 @@ class _Decoder(nn.Module):
                 + beta[:, :, None, None]
             )
             y = F.relu(y)
-        return torch.tanh(self.out_conv(y))
+        return self.out_conv(y)
+
+
+def _plain_upsampler(channels: int, cfg: CaeConfig, out_channels: int) -> nn.Sequential:
+    """Nearest up-sampling + conv + group norm per step, then a 7×7 output convolution."""
+    k = cfg.up_kernel
+    layers: list[nn.Module] = []
+    for _ in range(cfg.n_downsample):
+        layers += [
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            nn.Conv2d(channels, channels // 2, k, padding=k // 2),
+            nn.GroupNorm(1, channels // 2),
+            nn.ReLU(),
+        ]
+        channels //= 2
+    layers.append(nn.Conv2d(channels, out_channels, 7, padding=3))
+    return nn.Sequential(*layers)
 
 
 class _Discriminator(nn.Module):
@@ -407,6 +448,7 @@ class ClassAssociationEmbedding(nn.Module):
         adain_upsampling: bool = True,
         pooling: str = "mean_max",
         disc_downsample: int = 2,
+        class_edit_mask: bool = False,
         class_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
@@ -433,6 +475,7 @@ class ClassAssociationEmbedding(nn.Module):
             adain_upsampling=adain_upsampling,
             pooling=pooling,
             disc_downsample=disc_downsample,
+            class_edit_mask=class_edit_mask,
             class_names=tuple(class_names) if class_names is not None else (),
         )
         cfg.validate()
@@ -530,6 +573,13 @@ class ClassAssociationEmbedding(nn.Module):
     def decode(self, individual_code: Tensor, class_code: Tensor) -> Tensor:
         """Decode codes into images in ``[0, 1]``."""
         return (self.decoder(individual_code, class_code) + 1.0) * 0.5
+
+    def decode_with_mask(
+        self, individual_code: Tensor, class_code: Tensor
+    ) -> tuple[Tensor, Tensor | None]:
+        """Images in ``[0, 1]`` and the edit mask (``None`` unless ``class_edit_mask``)."""
+        image, mask = self.decoder.forward_with_mask(individual_code, class_code)
+        return (image + 1.0) * 0.5, mask
 
     def discriminate(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Discriminator logits ``(real/fake N×2, class N×K)`` for images in ``[0, 1]``."""

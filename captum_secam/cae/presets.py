@@ -119,6 +119,7 @@ REFERENCE_LOSS_WEIGHTS: dict[str, float] = {
     "class_code_center": 0.0,
     "swap_proximity": 0.0,
     "conditional_adversarial": 0.0,
+    "edit_sparsity": 0.0,
     "d_real_fake": 1.0,
     "d_class": 2.0,
     "d_conditional": 0.0,

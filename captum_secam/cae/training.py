@@ -91,7 +91,7 @@ __all__ = [
 
 DEFAULT_LOSS_WEIGHTS: dict[str, float] = {
     **REFERENCE_LOSS_WEIGHTS,
-    "class": 5.0,
+    "class": 8.0,
     "code_class": 1.0,
     "class_code_center": 1.0,
     "swap_proximity": 3.0,
@@ -857,10 +857,17 @@ def _generator_losses(
     s, c = encode(x)
     s_a, s_b = s[:n], s[n:]
     c_a, c_b = c[:n], c[n:]
-    rec = decode(s, c)
-    x_ab = decode(s_a, c_b)  # a's individual code, b's class
-    x_ba = decode(s_b, c_a)
-    swaps = torch.cat([x_ab, x_ba])
+    if cae.config.class_edit_mask:
+        decode_masked = engine.net(cae, "decode_with_mask")
+        rec, rec_mask = decode_masked(s, c)
+        swaps, swap_mask = decode_masked(torch.cat([s_a, s_b]), torch.cat([c_b, c_a]))
+        edit_area = torch.cat([rec_mask, swap_mask]).mean()
+    else:
+        rec = decode(s, c)
+        x_ab = decode(s_a, c_b)  # a's individual code, b's class
+        x_ba = decode(s_b, c_a)
+        swaps = torch.cat([x_ab, x_ba])
+        edit_area = torch.zeros((), device=x.device)
     s2, c2 = encode(swaps)
     cyc = decode(s2, c)  # (s_ab', c_a) -> a ; (s_ba', c_b) -> b
     y_swap = torch.cat([yb, ya])  # the class each swap should show (its class-code donor's)
@@ -889,6 +896,9 @@ def _generator_losses(
         # discriminator) -- the swap must look like a *real image of its class*, which a
         # pattern that merely fools the class head does not
         "conditional_adversarial": F.softplus(-_conditional_score(rf, cls, y_swap)).mean(),
+        # optional (not in the reference; needs ``class_edit_mask``): the mean area of the
+        # decoder's edit masks, so the class code changes a small region, not the whole image
+        "edit_sparsity": edit_area,
     }
     return terms, swaps
 
@@ -904,6 +914,7 @@ _G_TERMS = (
     "class_code_center",
     "swap_proximity",
     "conditional_adversarial",
+    "edit_sparsity",
 )
 
 

@@ -243,7 +243,7 @@ def explain_dataset_ray(
                     "num_threads": num_threads,
                 },
                 batch_size=batch_size,
-                concurrency=concurrency,
+                compute=ray.data.ActorPoolStrategy(size=concurrency),  # fixed pool of actors
                 num_gpus=num_gpus,
                 num_cpus=0 if num_gpus > 0 else 1,
             )

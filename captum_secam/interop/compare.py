@@ -367,6 +367,65 @@ def compare_methods(
         ValueError: Unknown method, batch larger than one, missing ``layer`` for SeCam.
         ImportError: ``lime``/``shap`` requested but not installed (names the extra).
     """
+    methods = _checked_methods(inputs, methods, layer, n_samples, top_k)
+    mask = _comparison_mask(inputs, feature_mask, photo, segmentation)
+    n_segments = int(segment_counts(mask)[0])
+    if n_segments < 2:
+        raise ValueError("the segmentation has a single segment; there is nothing to compare")
+
+    with torch.no_grad():
+        outputs = check_classifier_output(model(inputs), 1)
+    resolved = int(resolve_targets(target, 1, outputs.shape[1], outputs)[0])
+
+    from captum_secam.interop.shap import fill_image
+
+    # One fill image for every method, computed (and checked) before any of them runs.
+    fill = fill_image(inputs[0].detach(), mask[0, 0], baseline)[None]
+    runner = _MethodRunner(
+        model=model,
+        inputs=inputs,
+        mask=mask,
+        n_segments=n_segments,
+        target=resolved,
+        layer=layer,
+        baseline=baseline,
+        fill=fill,
+        n_samples=n_samples,
+        kernel_width=kernel_width,
+        seed=seed,
+        batch_size=batch_size,
+    )
+    scores: dict[str, np.ndarray] = {}
+    times: dict[str, float] = {}
+    for method in methods:
+        start = time.perf_counter()
+        values = runner.scores(method)
+        times[method] = time.perf_counter() - start
+        if values.shape != (n_segments,):
+            raise RuntimeError(f"{method} returned {values.shape} scores for {n_segments} segments")
+        scores[method] = values
+
+    fill_label = baseline if isinstance(baseline, (int, float, str)) else "custom"
+    return ComparisonResult(
+        scores=scores,
+        times=times,
+        target=resolved,
+        feature_mask=mask.cpu(),
+        image=_display_image(inputs, photo),
+        top_k=top_k,
+        settings={
+            "n_samples": n_samples,
+            "baseline": fill_label,
+            "kernel_width": kernel_width,
+            "seed": seed,
+        },
+    )
+
+
+def _checked_methods(
+    inputs: Tensor, methods: Sequence[str], layer: nn.Module | None, n_samples: int, top_k: int
+) -> tuple[str, ...]:
+    """``methods`` as a tuple, after checking the arguments of :func:`compare_methods`."""
     check_images(inputs)
     if inputs.shape[0] != 1:
         raise ValueError(
@@ -388,7 +447,13 @@ def compare_methods(
         raise ValueError(f"n_samples must be >= 2, got {n_samples}")
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
+    return methods
 
+
+def _comparison_mask(
+    inputs: Tensor, feature_mask: Any, photo: Any, segmentation: dict[str, Any] | None
+) -> Tensor:
+    """The 1×1×H×W segmentation all methods share: the given mask, or SLIC by default."""
     if feature_mask is None:
         params = {"method": "slic", "n_segments": 50, **(segmentation or {})}
         if photo is not None:
@@ -396,138 +461,119 @@ def compare_methods(
         mask = segment(inputs, **params)
     else:
         mask = validate_feature_mask(feature_mask, inputs)
-    mask = mask[:1].contiguous()
-    n_segments = int(segment_counts(mask)[0])
-    if n_segments < 2:
-        raise ValueError("the segmentation has a single segment; there is nothing to compare")
+    return mask[:1].contiguous()
 
-    with torch.no_grad():
-        outputs = check_classifier_output(model(inputs), 1)
-    resolved = int(resolve_targets(target, 1, outputs.shape[1], outputs)[0])
 
-    from captum_secam.interop.shap import fill_image
+@dataclass
+class _MethodRunner:
+    """What every compared method shares; :meth:`scores` runs one and returns its K scores."""
 
-    fill = fill_image(inputs[0].detach(), mask[0, 0], baseline)[None]
-    scalar_fill = isinstance(baseline, (int, float)) and not isinstance(baseline, bool)
-    captum_baseline: Any = float(baseline) if scalar_fill else fill
+    model: Callable[..., Any]
+    inputs: Tensor
+    mask: Tensor
+    n_segments: int
+    target: int
+    layer: nn.Module | None
+    baseline: Any
+    fill: Tensor
+    n_samples: int
+    kernel_width: float
+    seed: int
+    batch_size: int
 
-    runners: dict[str, Callable[[], np.ndarray]] = {}
+    def scores(self, method: str) -> np.ndarray:
+        run: dict[str, Callable[[], np.ndarray]] = {
+            "secam": self._secam,
+            "captum_lime": lambda: self._captum("lime", self.n_samples),
+            "captum_kernelshap": lambda: self._captum("kernelshap", self.n_samples),
+            "captum_feature_ablation": lambda: self._captum("feature_ablation", None),
+            "captum_shapley_sampling": lambda: self._captum(
+                "shapley_sampling", max(1, self.n_samples // (self.n_segments + 1))
+            ),
+            "lime": self._lime,
+            "shap_kernel": self._shap_kernel,
+            "shap_permutation": self._shap_permutation,
+        }
+        return run[method]()
 
-    def captum_runner(method: str, samples: int | None) -> Callable[[], np.ndarray]:
-        def run() -> np.ndarray:
-            from captum_secam.interop.captum_methods import captum_attribute
+    def _captum(self, method: str, samples: int | None) -> np.ndarray:
+        from captum_secam.interop.captum_methods import captum_attribute
 
-            out = captum_attribute(
-                method,  # type: ignore[arg-type]
-                model,
-                inputs,
-                mask,
-                resolved,
-                n_samples=samples,
-                baselines=captum_baseline,
-                perturbations_per_eval=batch_size,
-                seed=seed,
-                kernel_width=kernel_width,
-            )
-            return out[0].detach().cpu().double().numpy()
+        # A scalar baseline goes to Captum as a number; anything else as the fill image.
+        scalar_fill = isinstance(self.baseline, (int, float)) and not isinstance(
+            self.baseline, bool
+        )
+        out = captum_attribute(
+            method,  # type: ignore[arg-type]
+            self.model,
+            self.inputs,
+            self.mask,
+            self.target,
+            n_samples=samples,
+            baselines=float(self.baseline) if scalar_fill else self.fill,
+            perturbations_per_eval=self.batch_size,
+            seed=self.seed,
+            kernel_width=self.kernel_width,
+        )
+        return out[0].detach().cpu().double().numpy()
 
-        return run
-
-    def run_secam() -> np.ndarray:
+    def _secam(self) -> np.ndarray:
         from captum_secam.secam import SeCam
 
-        assert layer is not None
-        out = SeCam(model, layer).attribute(
-            inputs, target=resolved, feature_mask=mask, return_input_shape=False
+        assert self.layer is not None
+        out = SeCam(self.model, self.layer).attribute(
+            self.inputs, target=self.target, feature_mask=self.mask, return_input_shape=False
         )
         assert isinstance(out, Tensor)
         return out[0].detach().cpu().double().numpy()
 
-    def run_lime() -> np.ndarray:
+    def _lime(self) -> np.ndarray:
         from captum_secam.interop.lime import lime_segment_scores
 
-        if isinstance(baseline, Tensor) and baseline.dim() >= 3:
+        if isinstance(self.baseline, Tensor) and self.baseline.dim() >= 3:
             raise ValueError(
                 "lime fills hidden segments with one colour: use a number, per-channel "
                 "values, 'mean' or 'segment_mean' as baseline when comparing with lime"
             )
         out = lime_segment_scores(
-            model,
-            inputs,
-            mask,
-            resolved,
-            n_samples=n_samples,
-            baseline=baseline,
-            kernel_width=kernel_width,
-            random_state=seed,
-            batch_size=batch_size,
+            self.model,
+            self.inputs,
+            self.mask,
+            self.target,
+            n_samples=self.n_samples,
+            baseline=self.baseline,
+            kernel_width=self.kernel_width,
+            random_state=self.seed,
+            batch_size=self.batch_size,
         )
         return np.asarray(out[0], dtype=np.float64)
 
-    def run_shap_kernel() -> np.ndarray:
+    def _shap_kernel(self) -> np.ndarray:
         from captum_secam.interop.shap import shap_explanation_to_scores, shap_kernel_explain
 
         expl = shap_kernel_explain(
-            model,
-            inputs,
-            mask,
-            resolved,
-            n_samples=n_samples,
-            baseline=fill[0],
-            seed=seed,
-            batch_size=batch_size,
+            self.model,
+            self.inputs,
+            self.mask,
+            self.target,
+            n_samples=self.n_samples,
+            baseline=self.fill[0],
+            seed=self.seed,
+            batch_size=self.batch_size,
         )
         return shap_explanation_to_scores(expl)[0]
 
-    def run_shap_permutation() -> np.ndarray:
+    def _shap_permutation(self) -> np.ndarray:
         from captum_secam.interop.shap import shap_explainer_explain, shap_explanation_to_scores
 
         expl = shap_explainer_explain(
-            model,
-            inputs,
-            mask,
-            resolved,
-            max_evals=n_samples,
-            baseline=fill[0],
-            seed=seed,
-            batch_size=batch_size,
+            self.model,
+            self.inputs,
+            self.mask,
+            self.target,
+            max_evals=self.n_samples,
+            baseline=self.fill[0],
+            seed=self.seed,
+            batch_size=self.batch_size,
         )
         return shap_explanation_to_scores(expl)[0]
-
-    runners = {
-        "secam": run_secam,
-        "captum_lime": captum_runner("lime", n_samples),
-        "captum_kernelshap": captum_runner("kernelshap", n_samples),
-        "captum_feature_ablation": captum_runner("feature_ablation", None),
-        "captum_shapley_sampling": captum_runner(
-            "shapley_sampling", max(1, n_samples // (n_segments + 1))
-        ),
-        "lime": run_lime,
-        "shap_kernel": run_shap_kernel,
-        "shap_permutation": run_shap_permutation,
-    }
-    scores: dict[str, np.ndarray] = {}
-    times: dict[str, float] = {}
-    for method in methods:
-        start = time.perf_counter()
-        values = runners[method]()
-        times[method] = time.perf_counter() - start
-        if values.shape != (n_segments,):
-            raise RuntimeError(f"{method} returned {values.shape} scores for {n_segments} segments")
-        scores[method] = values
-
-    fill_label = baseline if isinstance(baseline, (int, float, str)) else "custom"
-    return ComparisonResult(
-        scores=scores,
-        times=times,
-        target=resolved,
-        feature_mask=mask.cpu(),
-        image=_display_image(inputs, photo),
-        top_k=top_k,
-        settings={
-            "n_samples": n_samples,
-            "baseline": fill_label,
-            "kernel_width": kernel_width,
-            "seed": seed,
-        },
-    )
