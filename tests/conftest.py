@@ -85,4 +85,5 @@ def tiny_reference_cae(channels: int = 1, classes: int = 2, size: int = 16) -> A
         adain_upsampling=False,
         pooling="mean",
         disc_downsample=2,
+        class_edit_mask=False,
     ).eval()

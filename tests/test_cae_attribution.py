@@ -685,3 +685,31 @@ def test_model_outputs_that_are_not_tensors_get_the_wrapper(setup) -> None:  # t
     cae, probe, x = setup
     with pytest.raises(TypeError, match=r"lambda \*x: model\(\*x\)\['logits'\]"):
         CaeCounterfactual(lambda i: {"logits": probe(i)}, cae).attribute(x[:1], target=0)
+
+
+# --------------------------------------------------------------------------- edit-mask decoder
+def test_edit_mask_decoder_saliency_lies_inside_the_masks() -> None:
+    """With the default edit-mask decoder, x_cf − x̂ = A'·(C' − B) − A·(C − B), so the map is
+    bounded by A + A' pixel by pixel; the linear path flips and a batch equals single calls."""
+    torch.manual_seed(0)
+    cae = ClassAssociationEmbedding(
+        16, 1, 2, class_code_dim=4, base_channels=4, mlp_dim=8, disc_channels=4
+    ).eval()
+    assert cae.config.class_edit_mask
+    x = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        s, c = cae.encode(x)
+        r = cae.decode(s[:1], c[:1])
+        mu1 = c[0] + 3.0
+        w = cae.decode(s[:1], mu1[None]) - r
+    cae.set_centroids(torch.stack([c[0], mu1]))
+    tau = 0.5 * float((w**2).sum())
+    probe = LinearProbe(w, r, tau, 4.0 / tau).eval()
+    res = _assert_batch_equals_single(cae, probe, x, target=0)
+    assert bool(res.flipped[0])
+    with torch.no_grad():
+        _, mask = cae.decode_with_mask(res.individual_codes, res.class_codes)
+        _, cf_mask = cae.decode_with_mask(res.individual_codes, res.counterfactual_codes)
+    assert mask is not None and cf_mask is not None
+    assert bool((res.attributions <= mask + cf_mask + 1e-5).all())
+    assert float(res.attributions.sum()) > 0.0

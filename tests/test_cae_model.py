@@ -431,8 +431,9 @@ def test_edit_mask_changes_only_inside_the_mask(layout: dict) -> None:
     assert 0.05 < float(mask.mean()) < 0.3
 
 
-def test_edit_mask_is_off_by_default_and_round_trips(tmp_path: Path) -> None:
-    plain = tiny_cae()
+def test_edit_mask_is_on_by_default_and_round_trips(tmp_path: Path) -> None:
+    assert tiny_cae().config.class_edit_mask is True  # the default recipe
+    plain = tiny_cae(class_edit_mask=False)
     assert plain.config.class_edit_mask is False and plain.decoder.base is None
     with torch.no_grad():
         s, c = plain.encode(torch.rand(2, 1, 16, 16))

@@ -162,6 +162,40 @@ def test_recovers_linear_model_better_than_lime_at_same_budget(seed: int) -> Non
     torch.testing.assert_close(many[0].double(), beta, rtol=1e-3, atol=1e-3)
 
 
+class SegmentLogLinear(SegmentLinear):
+    """Probabilities that are log-linear in the segments: p_0 = exp(Σ_j β_j·mean_j − 2)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        score = super().forward(x)[:, 0]
+        p = torch.exp(score - 2.0)
+        return torch.stack([p, 1.0 - p], dim=1)
+
+
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_log_link_recovers_a_log_linear_model(seed: int) -> None:
+    """link='log' fits log p: exact for log-linear probabilities, where the identity is not."""
+    mask = uneven_mask()
+    beta = 0.3 * torch.randn(12, generator=torch.Generator().manual_seed(seed)).double()
+    model = SegmentLogLinear(mask, beta).eval()
+    x = torch.ones(1, 1, 16, 16)
+    explainer = SeCamLime(model, model.features)
+    kwargs = dict(target=0, feature_mask=mask, n_samples=40, return_input_shape=False, seed=seed)
+    logged = explainer.attribute(x, link="log", **kwargs)  # type: ignore[arg-type]
+    plain = explainer.attribute(x, **kwargs)  # type: ignore[arg-type]
+    torch.testing.assert_close(logged[0].double(), beta, rtol=1e-3, atol=1e-3)
+    assert float((plain[0].double() - beta).norm()) > 10 * float((logged[0].double() - beta).norm())
+
+
+def test_log_link_refuses_negative_scores() -> None:
+    mask = uneven_mask()
+    model = SegmentLinear(mask, -torch.ones(12)).eval()  # score_0 = -12 on the all-ones image
+    with pytest.raises(ValueError, match="link='log' needs positive finite scores"):
+        SeCamLime(model, model.features).attribute(
+            torch.ones(1, 1, 16, 16), target=0, feature_mask=mask, n_samples=10, link="log"
+        )
+
+
 def test_prior_ridge_returns_scaled_prior_when_it_explains_the_data() -> None:
     generator = torch.Generator().manual_seed(0)
     prior = torch.randn(8, generator=generator, dtype=torch.float64)
@@ -240,6 +274,7 @@ def test_default_mask_is_slic(model: GapLinearNet) -> None:
         ({"feature_mask": grid_mask(8, 8, 2, 2)}, ValueError, "feature_mask is 8×8"),
         ({"feature_mask": MASK.float()}, TypeError, "integer segment ids"),
         ({"target": 7}, ValueError, "target"),
+        ({"link": "logit"}, ValueError, "link must be one of"),
     ],
 )
 def test_validation(model: GapLinearNet, x: Tensor, kwargs: dict, error: type, match: str) -> None:

@@ -89,9 +89,9 @@ class CaeConfig:
 
     The defaults are the small CPU recipe of the shipped 28-px models (``docs/cae.md``): one
     down-sampling step (a 32×14×14 individual code), AdaIN at every decoder scale, mean+max
-    pooling. The authors' 256-px networks are wider and deeper (``base_channels=64``,
-    ``n_downsample=2``, ``n_res_blocks=4``, ``up_kernel=5``, ``adain_upsampling=False``,
-    ``pooling="mean"``, ``disc_downsample=4``).
+    pooling, the edit mask. The authors' 256-px networks are wider and deeper
+    (``base_channels=64``, ``n_downsample=2``, ``n_res_blocks=4``, ``up_kernel=5``,
+    ``adain_upsampling=False``, ``pooling="mean"``, ``disc_downsample=4``, no edit mask).
     """
 
     image_size: tuple[int, int]
@@ -109,7 +109,7 @@ class CaeConfig:
     adain_upsampling: bool = True
     pooling: str = "mean_max"
     disc_downsample: int = 2
-    class_edit_mask: bool = False
+    class_edit_mask: bool = True
     class_names: tuple[str, ...] = field(default_factory=tuple)
 
     def validate(self) -> None:
@@ -166,7 +166,7 @@ class CaeConfig:
         # files written before these options existed were built the reference way
         kw.setdefault("pooling", "mean")
         kw.setdefault("disc_downsample", 2)
-        kw.setdefault("class_edit_mask", False)
+        kw.setdefault("class_edit_mask", False)  # files from before the option: plain decoder
         kw["image_size"] = tuple(int(v) for v in d["image_size"])
         kw["class_names"] = tuple(str(v) for v in d.get("class_names", ()))
         cfg = cls(**kw)
@@ -448,7 +448,7 @@ class ClassAssociationEmbedding(nn.Module):
         adain_upsampling: bool = True,
         pooling: str = "mean_max",
         disc_downsample: int = 2,
-        class_edit_mask: bool = False,
+        class_edit_mask: bool = True,
         class_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()

@@ -151,6 +151,7 @@ PRESETS: dict[str, CaePreset] = {
             "adain_upsampling": False,
             "pooling": "mean",
             "disc_downsample": 4,
+            "class_edit_mask": False,
         },
         training={
             "batch_size": 1,

@@ -22,7 +22,7 @@ cross-entropy on real images. Adam, ``betas=(0.5, 0.999)``. These are
 measured in ``docs/cae.md``) adds terms that make a short CPU run separate class from
 individual, where the reference weights give a decoder that copies its individual donor:
 
-* ``class`` 5 (reference 1): the swap class loss is the only force that makes the decoder obey
+* ``class`` 8 (reference 1): the swap class loss is the only force that makes the decoder obey
   the class code;
 * ``code_class`` 1: a linear probe ``W`` must read the label from the class code,
   ``CE(W·c, y)``, so the class codes of different classes stay apart (without it they
@@ -32,6 +32,9 @@ individual, where the reference weights give a decoder that copies its individua
   the individual code);
 * ``swap_proximity`` 3: ``|x_ab − â|`` with ``â`` detached -- a swap changes its individual's
   image only as much as the class needs (the proximity term of counterfactual explanations);
+* ``edit_sparsity`` 1: the mean area of the decoder's edit mask (``CaeConfig.class_edit_mask``,
+  on by default), so the class code rewrites a small region and the rest of the image comes
+  from the individual code alone;
 * ``discriminator_warmup=300``: class-only steps of the discriminator and of the class-code
   probe before the swap training, so the class loss teaches the decoder from the first step.
 
@@ -95,6 +98,7 @@ DEFAULT_LOSS_WEIGHTS: dict[str, float] = {
     "code_class": 1.0,
     "class_code_center": 1.0,
     "swap_proximity": 3.0,
+    "edit_sparsity": 1.0,
 }
 """The default recipe (module docstring): the reference plus the terms that separate class
 from individual in a short run."""

@@ -55,6 +55,8 @@ __all__ = ["SeCamLime", "fit_prior_ridge", "guided_masks"]
 # the all-on sample of the fit) and SeCam's own forward pass.
 _OVERHEAD_PASSES = 2
 _MAX_AUTO_ROUNDS = 3
+_LINKS = frozenset({"identity", "log"})
+_LOG_FLOOR = 1e-30
 
 
 class SeCamLime(PerturbationAttribution):
@@ -143,6 +145,7 @@ class SeCamLime(PerturbationAttribution):
         n_rounds: int | None = None,
         ridge_alpha: float | None = None,
         segmentation: dict[str, Any] | None = None,
+        link: str = "identity",
     ) -> Tensor | tuple[Tensor, ...]:
         r"""Per-segment scores for ``target`` from ``n_samples`` forward passes per image.
 
@@ -178,6 +181,11 @@ class SeCamLime(PerturbationAttribution):
                 generalised cross-validation.
             segmentation: Keyword arguments for :func:`~captum_secam.segment` when
                 ``feature_mask`` is None.
+            link: What the surrogate fits: ``"identity"`` the scores themselves (as LIME), or
+                ``"log"`` their logarithm, for positive scores such as probabilities (values
+                below 1e-30 count as 1e-30). A softmax probability is close to a product of
+                evidence, so its log is closer to additive in the segments; the coefficients
+                are then log-probability contributions.
 
         Returns:
             Detached attributions on the input's device (a tuple for tuple inputs).
@@ -195,6 +203,8 @@ class SeCamLime(PerturbationAttribution):
                 f"ridge_alpha must be a positive finite number or None (cross-validated), got "
                 f"{ridge_alpha!r}"
             )
+        if link not in _LINKS:
+            raise ValueError(f"link must be one of {sorted(_LINKS)}, got {link!r}")
         first = input_tuple[0]
         n = first.shape[0]
         base_tuple = _check_baselines(baselines, input_tuple)
@@ -223,6 +233,7 @@ class SeCamLime(PerturbationAttribution):
                 extra=_slice_extra(additional_forward_args, i, n),
                 target=int(targets[i]),
                 full_score=float(full[i, int(targets[i])]),
+                link=link,
             )
             rows.append(
                 self._explain_one(
@@ -293,7 +304,7 @@ class SeCamLime(PerturbationAttribution):
             n_rounds = max(1, min(_MAX_AUTO_ROUNDS, n_perturbations // math.ceil(k / 2)))
         sizes = _round_sizes(n_perturbations, n_rounds)
         designs = [torch.ones(1, k, dtype=torch.float64)]
-        outputs = [torch.tensor([image.full_score], dtype=torch.float64)]
+        outputs = [image.linked(torch.tensor([image.full_score], dtype=torch.float64))]
         ranking_scores = prior
         coef = prior.clone()
         for size in sizes:
@@ -320,7 +331,7 @@ class SeCamLime(PerturbationAttribution):
                 out = self.forward_func(*batch, *(extra or ()))
                 out = check_classifier_output(out, chunk.shape[0])
                 scores.append(out[:, image.target].detach().double().cpu())
-        return torch.cat(scores)
+        return image.linked(torch.cat(scores))
 
 
 class _Image:
@@ -334,6 +345,7 @@ class _Image:
         extra: Any,
         target: int,
         full_score: float,
+        link: str = "identity",
     ) -> None:
         self.inputs = inputs
         self.baselines = baselines
@@ -341,6 +353,19 @@ class _Image:
         self.extra_tuple = _format_additional_forward_args(extra)
         self.target = target
         self.full_score = full_score
+        self.link = link
+
+    def linked(self, scores: Tensor) -> Tensor:
+        """The model's scores on the scale the surrogate fits."""
+        if self.link == "identity":
+            return scores
+        if bool((scores < 0).any()) or not bool(torch.isfinite(scores).all()):
+            raise ValueError(
+                "link='log' needs positive finite scores such as probabilities; wrap the model "
+                "in a softmax (e.g. nn.Sequential(model, nn.Softmax(dim=1))) or use "
+                "link='identity'"
+            )
+        return torch.log(scores.clamp_min(_LOG_FLOOR))
 
 
 def guided_masks(
