@@ -40,10 +40,9 @@ class LinearProbe(nn.Module):
         return torch.stack([torch.zeros_like(s1), s1], 1)
 
 
-@pytest.fixture(scope="module")
-def setup() -> tuple[ClassAssociationEmbedding, LinearProbe, Tensor]:
-    cae = tiny_reference_cae()
-    x = torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(3))
+def probe_for(cae: ClassAssociationEmbedding, x: Tensor) -> LinearProbe:
+    """Set 2-class centroids around x[0]'s class code and return a linear probe whose decision
+    boundary lies halfway along the decoded path toward the class-1 centroid."""
     with torch.no_grad():
         s, c = cae.encode(x)
         r = cae.decode(s[:1], c[:1])
@@ -51,8 +50,14 @@ def setup() -> tuple[ClassAssociationEmbedding, LinearProbe, Tensor]:
         w = cae.decode(s[:1], mu1[None]) - r
     cae.set_centroids(torch.stack([c[0], mu1]))
     tau = 0.5 * float((w**2).sum())
-    probe = LinearProbe(w, r, tau, 4.0 / tau).eval()
-    return cae, probe, x
+    return LinearProbe(w, r, tau, 4.0 / tau).eval()
+
+
+@pytest.fixture(scope="module")
+def setup() -> tuple[ClassAssociationEmbedding, LinearProbe, Tensor]:
+    cae = tiny_reference_cae()
+    x = torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(3))
+    return cae, probe_for(cae, x), x
 
 
 def explain(cae, clf, x, *, scores: str = "logits", **kw) -> CaeExplanation:  # type: ignore[no-untyped-def]
@@ -697,15 +702,7 @@ def test_edit_mask_decoder_saliency_lies_inside_the_masks() -> None:
     ).eval()
     assert cae.config.class_edit_mask
     x = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        s, c = cae.encode(x)
-        r = cae.decode(s[:1], c[:1])
-        mu1 = c[0] + 3.0
-        w = cae.decode(s[:1], mu1[None]) - r
-    cae.set_centroids(torch.stack([c[0], mu1]))
-    tau = 0.5 * float((w**2).sum())
-    probe = LinearProbe(w, r, tau, 4.0 / tau).eval()
-    res = _assert_batch_equals_single(cae, probe, x, target=0)
+    res = _assert_batch_equals_single(cae, probe_for(cae, x), x, target=0)
     assert bool(res.flipped[0])
     with torch.no_grad():
         _, mask = cae.decode_with_mask(res.individual_codes, res.class_codes)
