@@ -97,6 +97,7 @@ def stage_cae(args: argparse.Namespace) -> None:
         checkpoint_dir=args.checkpoint_dir,
         time_limit=args.time_limit or None,
         monitor=monitor,
+        loss_weights=dict(_weight(kv) for kv in args.loss_weight),
     )
     cae.training_info["task"] = args.task
     if monitor is not None:
@@ -106,6 +107,13 @@ def stage_cae(args: argparse.Namespace) -> None:
     if monitor is not None and monitor.reports:
         step, report = monitor.reports[-1]
         print(f"validation report at step {step}:\n{report.to_markdown()}")
+
+
+def _weight(key_value: str) -> tuple[str, float]:
+    key, sep, value = key_value.partition("=")
+    if not sep:
+        raise SystemExit(f"--loss-weight takes NAME=VALUE (e.g. recon_class=2), got {key_value!r}")
+    return key, float(value)
 
 
 def stage_figures(args: argparse.Namespace) -> None:
@@ -163,6 +171,13 @@ def main() -> None:
     p.add_argument("--time-limit", type=float, default=1200, help="seconds; 0 = none")
     p.add_argument("--log-dir", default=None, help="losses/validation CSV + swap grids")
     p.add_argument("--validate-every", type=int, default=500)
+    p.add_argument(
+        "--loss-weight",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a train_cae loss weight (repeatable), e.g. recon_class=2",
+    )
     p.add_argument("--checkpoint-dir", default=None, help="resumable training checkpoints")
     p.add_argument("--figures", default="docs/images")
     p.add_argument("--threads", type=int, default=1)

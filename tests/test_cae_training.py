@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from captum_secam.cae import ClassAssociationEmbedding, train_cae
@@ -314,9 +315,34 @@ def test_default_loss_weights_are_the_reference_plus_the_recipe_terms() -> None:
         "swap_proximity",
         "conditional_adversarial",
         "edit_sparsity",
+        "recon_class",
     ):
         assert REFERENCE_LOSS_WEIGHTS[k] == 0.0, k
     assert DEFAULT_LOSS_WEIGHTS["edit_sparsity"] == 1.0  # with the (default) edit mask
+
+
+def test_recon_class_is_the_class_head_loss_on_the_reconstructions() -> None:
+    """``recon_class`` is ``CE(D_cls(G(E(x))), y)``: 0 and no extra pass when off, and the
+    exact loss of the reconstructions when on (one image per class, so any batch of pairs
+    holds each class equally often)."""
+    assert REFERENCE_LOSS_WEIGHTS["recon_class"] == 0.0
+    images = torch.stack([make_data(2, 2)[k][0] for k in (0, 1)]).repeat(8, 1, 1, 1)
+    data = TensorDataset(images, torch.arange(16) % 2)
+    kw = dict(steps=1, batch_size=4, progress=False, discriminator_warmup=0)
+    cae = make_cae(classes=2)
+    with torch.no_grad():  # a batch of 8 like training's, for the batch-norm statistics
+        rec = cae.decode(*cae.encode(images[:8]))
+        expected = float(F.cross_entropy(cae.discriminate(rec)[1], torch.arange(8) % 2))
+    on = train_cae(cae, data, loss_weights={"recon_class": 1.0}, **kw)  # type: ignore[arg-type]
+    assert on.losses["recon_class"][0] == pytest.approx(expected, rel=1e-5)
+    off = train_cae(make_cae(classes=2), data, **kw)  # type: ignore[arg-type]
+    assert off.losses["recon_class"] == [0.0]
+    # the term reaches the generator: with it the first update differs
+    assert on.losses["recon"][0] == pytest.approx(off.losses["recon"][0])
+    off_cae, on_cae = make_cae(classes=2), make_cae(classes=2)
+    train_cae(off_cae, data, **kw)  # type: ignore[arg-type]
+    train_cae(on_cae, data, loss_weights={"recon_class": 5.0}, **kw)  # type: ignore[arg-type]
+    assert not torch.equal(off_cae.decoder.mlp[0].weight, on_cae.decoder.mlp[0].weight)
 
 
 def test_discriminator_noise_is_seeded_and_changes_the_result() -> None:

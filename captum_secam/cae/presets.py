@@ -120,6 +120,7 @@ REFERENCE_LOSS_WEIGHTS: dict[str, float] = {
     "swap_proximity": 0.0,
     "conditional_adversarial": 0.0,
     "edit_sparsity": 0.0,
+    "recon_class": 0.0,
     "d_real_fake": 1.0,
     "d_class": 2.0,
     "d_conditional": 0.0,

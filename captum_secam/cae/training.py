@@ -22,7 +22,7 @@ cross-entropy on real images. Adam, ``betas=(0.5, 0.999)``. These are
 measured in ``docs/cae.md``) adds terms that make a short CPU run separate class from
 individual, where the reference weights give a decoder that copies its individual donor:
 
-* ``class`` 8 (reference 1): the swap class loss is the only force that makes the decoder obey
+* ``class`` 10 (reference 1): the swap class loss is the only force that makes the decoder obey
   the class code;
 * ``code_class`` 1: a linear probe ``W`` must read the label from the class code,
   ``CE(W·c, y)``, so the class codes of different classes stay apart (without it they
@@ -39,8 +39,10 @@ individual, where the reference weights give a decoder that copies its individua
   probe before the swap training, so the class loss teaches the decoder from the first step.
 
 Optional, 0 by default: ``conditional_adversarial`` / ``d_conditional``, a projection-style
-class-conditional real/fake score (the swap must look like a real image *of its class*), and
-``discriminator_noise``, instance noise on the discriminator's inputs.
+class-conditional real/fake score (the swap must look like a real image *of its class*);
+``recon_class``, the class head's cross-entropy on the reconstructions (they must keep their
+class; one more discriminator pass per step); and ``discriminator_noise``, instance noise on
+the discriminator's inputs.
 
 The external classifier being explained is not used in training.
 
@@ -94,7 +96,7 @@ __all__ = [
 
 DEFAULT_LOSS_WEIGHTS: dict[str, float] = {
     **REFERENCE_LOSS_WEIGHTS,
-    "class": 8.0,
+    "class": 10.0,
     "code_class": 1.0,
     "class_code_center": 1.0,
     "swap_proximity": 3.0,
@@ -852,8 +854,11 @@ def _generator_losses(
     noise: float,
     gen: torch.Generator | None,
     engine: _Engine,
+    recon_class: bool = False,
 ) -> tuple[dict[str, Tensor], Tensor]:
-    """The generator's loss terms for one batch of pairs, and the swapped images."""
+    """The generator's loss terms for one batch of pairs, and the swapped images
+    (``recon_class``: also score the reconstructions with the class head, one more
+    discriminator pass)."""
     encode, decode = engine.net(cae, "encode"), engine.net(cae, "decode")
     n = xa.shape[0]
     real = torch.ones(n, dtype=torch.long, device=xa.device)
@@ -875,8 +880,13 @@ def _generator_losses(
     s2, c2 = encode(swaps)
     cyc = decode(s2, c)  # (s_ab', c_a) -> a ; (s_ba', c_b) -> b
     y_swap = torch.cat([yb, ya])  # the class each swap should show (its class-code donor's)
-    rf, cls = engine.net(cae, "discriminate")(_noisy(swaps, noise, gen))
+    discriminate = engine.net(cae, "discriminate")
+    rf, cls = discriminate(_noisy(swaps, noise, gen))
     y_real = torch.cat([ya, yb])
+    if recon_class:
+        recon_class_loss = F.cross_entropy(discriminate(_noisy(rec, noise, gen))[1], y_real)
+    else:
+        recon_class_loss = torch.zeros((), device=x.device)
     terms = {
         "recon": F.l1_loss(rec, x),
         "class_code": F.l1_loss(c2, torch.cat([c_b, c_a])),
@@ -903,6 +913,10 @@ def _generator_losses(
         # optional (not in the reference; needs ``class_edit_mask``): the mean area of the
         # decoder's edit masks, so the class code changes a small region, not the whole image
         "edit_sparsity": edit_area,
+        # optional (not in the reference): the reconstruction must keep its class for the
+        # discriminator's class head, so a small class feature (a mark) is not blurred away
+        # -- a counterfactual can only remove what the reconstruction shows
+        "recon_class": recon_class_loss,
     }
     return terms, swaps
 
@@ -919,6 +933,7 @@ _G_TERMS = (
     "swap_proximity",
     "conditional_adversarial",
     "edit_sparsity",
+    "recon_class",
 )
 
 
@@ -939,7 +954,9 @@ def _train_step(
     n = xa.shape[0]
     # ---------------- generator (encoders + decoder)
     with engine.autocast():
-        terms, swaps = _generator_losses(cae, xa, xb, ya, yb, noise, gen, engine)
+        terms, swaps = _generator_losses(
+            cae, xa, xb, ya, yb, noise, gen, engine, recon_class=w["recon_class"] != 0
+        )
     terms = {k: v.float() for k, v in terms.items()}
     g_total = w["recon"] * terms["recon"]
     for k in _G_TERMS[1:]:
