@@ -374,20 +374,7 @@ def test_edit_sparsity_shrinks_the_edit_mask() -> None:
     assert REFERENCE_LOSS_WEIGHTS["edit_sparsity"] == 0.0
     kw = dict(steps=15, batch_size=8, lr=2e-3, progress=False, discriminator_warmup=0)
 
-    def masked() -> ClassAssociationEmbedding:
-        torch.manual_seed(0)
-        return ClassAssociationEmbedding(
-            16,
-            1,
-            3,
-            class_code_dim=4,
-            base_channels=4,
-            mlp_dim=8,
-            disc_channels=4,
-            class_edit_mask=True,
-        )
-
-    free, sparse = masked(), masked()
+    free, sparse = make_cae(class_edit_mask=True), make_cae(class_edit_mask=True)
     h_free = train_cae(free, make_data(), loss_weights={"edit_sparsity": 0.0}, **kw)  # type: ignore[arg-type]
     h_sparse = train_cae(sparse, make_data(), loss_weights={"edit_sparsity": 20.0}, **kw)  # type: ignore[arg-type]
     # the logged term is the mask area, the same at step 1 (same weights, same batch)
