@@ -4,7 +4,9 @@ Compares, on the same photos, superpixels and metric (the protocol of
 ``secam_faithfulness.py``, see docs/faithfulness.md):
 
 * SeCam (1 forward + 1 backward),
-* :class:`captum_secam.interop.SeCamLime` at 30 / 100 / 300 forward passes,
+* :class:`captum_secam.interop.SeCamLime` at 30 / 100 / 300 forward passes, with SeCam's layer
+  as the prior (``SeCamLime``) and with a fused prior of two layers (``SeCamLime-fused``:
+  ``_bn1`` and the last block at 14×14),
 * Captum ``Lime`` with the ``lime`` package's recipe (weighted ridge α = 1, cosine kernel
   width 0.25; ``captum_secam.interop.captum_methods``) at 30 / 100 / 300 / 1000 samples,
 * XRAI from Google PAIR's ``saliency`` package (optional benchmark dependency) on the same
@@ -26,6 +28,7 @@ Run (one thread per process)::
 
     python benchmarks/secam_budget.py run --model lite0      # or lite1; --photos 0:20
     python benchmarks/secam_budget.py table                  # writes results/secam_budget.md
+    python benchmarks/secam_budget.py timing --photos 0:3    # every method timed in one run
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from secam_faithfulness import (
     RESULTS_DIR,
     CachedForward,
     Sample,
+    _last_block_at,
     _mask_digest,
     faithfulness,
     load_lite,
@@ -63,6 +67,8 @@ IMAGE_SIZE = 224
 PER_EVAL = 4  # perturbed images per model call: the fastest batch on this CPU (measured)
 LIME_BUDGETS = (30, 100, 300, 1000)
 GUIDED_BUDGETS = (30, 100, 300)
+# SeCamLime with SeCam's layer as the prior, and with the fused two-layer prior.
+GUIDED_VARIANTS = ("SeCamLime", "SeCamLime-fused")
 SEED = 0
 XRAI_STEPS = 25  # IG steps per baseline (saliency's default is 100; see the docs)
 
@@ -112,6 +118,29 @@ def _lime_path(model_name: str, sample: Sample) -> str:
     return os.path.join(CACHE_DIR, name)
 
 
+def run_lime(
+    prob_model: nn.Module, sample: Sample, n: int, surrogate: WeightedRidge | None = None
+) -> tuple[Tensor, float]:
+    """Captum ``Lime`` with the ``lime`` package's recipe: per-segment scores and seconds."""
+    from captum.attr import Lime
+
+    ridge = surrogate if surrogate is not None else WeightedRidge(alpha=1.0)
+    lime = Lime(prob_model, interpretable_model=ridge, similarity_func=lime_cosine_kernel())
+    torch.manual_seed(SEED)
+    start = time.perf_counter()
+    with torch.no_grad():
+        scores = lime.attribute(
+            sample.x,
+            target=sample.target,
+            feature_mask=sample.mask,
+            n_samples=n,
+            perturbations_per_eval=PER_EVAL,
+            baselines=0.0,
+            return_input_shape=False,
+        )
+    return scores, time.perf_counter() - start
+
+
 def lime_samples(prob_model: nn.Module, model_name: str, sample: Sample) -> dict[str, Any]:
     """The LIME-1000 run's perturbations (z, y, w), target and seconds (cached)."""
     path = _lime_path(model_name, sample)
@@ -119,25 +148,9 @@ def lime_samples(prob_model: nn.Module, model_name: str, sample: Sample) -> dict
         data = np.load(path, allow_pickle=False)
         if int(data["target"]) == sample.target:
             return {k: data[k] for k in data.files}
-    from captum.attr import Lime
-
     surrogate = RecordingRidge(alpha=1.0)
-    lime = Lime(prob_model, interpretable_model=surrogate, similarity_func=lime_cosine_kernel())
     counter = CountingForward(prob_model)
-    lime.forward_func = counter
-    torch.manual_seed(SEED)
-    start = time.perf_counter()
-    with torch.no_grad():
-        lime.attribute(
-            sample.x,
-            target=sample.target,
-            feature_mask=sample.mask,
-            n_samples=max(LIME_BUDGETS),
-            perturbations_per_eval=PER_EVAL,
-            baselines=0.0,
-            return_input_shape=False,
-        )
-    seconds = time.perf_counter() - start
+    _, seconds = run_lime(counter, sample, max(LIME_BUDGETS), surrogate)
     data = {
         "z": surrogate.z.numpy().astype(np.uint8),
         "y": surrogate.y.numpy(),
@@ -213,6 +226,12 @@ TUNING_CROPS: dict[str, tuple[str, tuple[int, int, int, int]]] = {
     "tune_coffee_saucer": ("coffee", (180, 400, 0, 330)),
     "tune_chelsea_body": ("chelsea", (120, 300, 200, 451)),
     "tune_flower_left": ("flower", (0, 300, 0, 320)),
+    "tune_rocket_left": ("rocket", (0, 427, 0, 300)),
+    "tune_motorcycle_front": ("motorcycle", (150, 500, 0, 400)),
+    "tune_china_left": ("china", (0, 427, 0, 300)),
+    "tune_grace_hopper_body": ("grace_hopper", (250, 600, 0, 512)),
+    "tune_quokka_body": ("quokka", (250, 643, 400, 960)),
+    "tune_flower_right": ("flower", (50, 427, 300, 640)),
 }
 
 
@@ -240,13 +259,26 @@ def run_secam(prob: nn.Module, model: nn.Module, sample: Sample) -> dict[str, An
     return _entry(scores[0], seconds, counter.images, 1)
 
 
+def prior_layers(model: nn.Module, variant: str) -> list[nn.Module]:
+    """SeCamLime's prior layers: ``_bn1`` (SeCam's default), and for ``fused`` also the last
+    block at twice its resolution (112×14×14: Lite0 ``_blocks[10]``, Lite1 ``_blocks[14]``)."""
+    head = model.get_submodule("_bn1")
+    return [head, _last_block_at(model, 2)] if variant == "SeCamLime-fused" else [head]
+
+
 def run_guided(
-    prob: nn.Module, model: nn.Module, sample: Sample, n_samples: int, **options: Any
+    prob: nn.Module,
+    model: nn.Module,
+    sample: Sample,
+    n_samples: int,
+    variant: str = "SeCamLime",
+    **options: Any,
 ) -> dict[str, Any]:
     from captum_secam.interop import SeCamLime
 
     counter = CountingForward(prob)
-    explainer = SeCamLime(counter, model._bn1)  # type: ignore[arg-type]
+    layers = prior_layers(model, variant)
+    explainer = SeCamLime(counter, layers)
     start = time.perf_counter()
     scores = explainer.attribute(
         sample.x,
@@ -260,7 +292,7 @@ def run_guided(
     )
     seconds = time.perf_counter() - start
     assert isinstance(scores, Tensor)
-    return _entry(scores[0], seconds, counter.images, 1)
+    return _entry(scores[0], seconds, counter.images, len(layers))
 
 
 def run_xrai(prob: nn.Module, sample: Sample) -> dict[str, Any]:
@@ -341,8 +373,9 @@ def photo_methods(
 
     for n in LIME_BUDGETS:
         methods[f"LIME-{n}"] = lambda n=n: lime_n(n)
-    for n in GUIDED_BUDGETS:
-        methods[f"SeCamLime-{n}"] = lambda n=n: run_guided(prob, model, sample, n)
+    for variant in GUIDED_VARIANTS:
+        for n in GUIDED_BUDGETS:
+            methods[f"{variant}-{n}"] = lambda n=n, v=variant: run_guided(prob, model, sample, n, v)
     return methods
 
 
@@ -435,6 +468,48 @@ def cmd_tune(args: argparse.Namespace) -> None:
     _print_tuning(done)
 
 
+def cmd_timing(args: argparse.Namespace) -> None:
+    """Every method timed afresh in one run on the same photos (one thread): comparable walls."""
+    torch.set_num_threads(1)
+    model = load_lite(args.model)
+    prob = Probability(model).eval()
+    methods: dict[str, Any] = {"SeCam": lambda s: run_secam(prob, model, s)["seconds"]}
+    for n in LIME_BUDGETS:
+        methods[f"LIME-{n}"] = lambda s, n=n: run_lime(prob, s, n)[1]
+    for variant in GUIDED_VARIANTS:
+        for n in GUIDED_BUDGETS:
+            methods[f"{variant}-{n}"] = lambda s, n=n, v=variant: run_guided(prob, model, s, n, v)[
+                "seconds"
+            ]
+    methods["XRAI"] = lambda s: run_xrai(prob, s)["seconds"]
+    seconds: dict[str, list[float]] = {label: [] for label in methods}
+    for name, photo in load_benchmark_photos(20)[_photo_slice(args.photos)]:
+        sample = prepare(model, name, photo, IMAGE_SIZE)
+        for label, timed in methods.items():
+            seconds[label].append(float(timed(sample)))
+            print(f"{name} {label}: {seconds[label][-1]:.2f}s", flush=True)
+    reference = float(np.median(seconds["LIME-1000"]))
+    lines = [
+        f"# Wall time per photo, all methods in one run ({args.model}, photos {args.photos}, "
+        "one thread)",
+        "",
+        "Generated by `benchmarks/secam_budget.py timing`.",
+        "",
+        "| method | median s | × LIME-1000 | × LIME at the same budget |",
+        "|---|---|---|---|",
+    ]
+    for label, values in seconds.items():
+        median = float(np.median(values))
+        budget = label.rsplit("-", 1)[-1]
+        same = f"LIME-{budget}"
+        ratio = f"{median / float(np.median(seconds[same])):.2f}" if same in seconds else "–"
+        lines.append(f"| {label} | {median:.2f} | {median / reference:.3f} | {ratio} |")
+    path = os.path.join(RESULTS_DIR, f"secam_budget_timing_{args.model}.md")
+    with open(path, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def _print_tuning(done: dict[str, Any]) -> None:
     groups: dict[str, list[tuple[float, float]]] = {}
     for key, value in done.items():
@@ -448,10 +523,13 @@ def _print_tuning(done: dict[str, Any]) -> None:
 METHOD_ORDER = (
     "SeCam",
     "SeCamLime-30",
+    "SeCamLime-fused-30",
     "LIME-30",
     "SeCamLime-100",
+    "SeCamLime-fused-100",
     "LIME-100",
     "SeCamLime-300",
+    "SeCamLime-fused-300",
     "LIME-300",
     "LIME-1000",
     "XRAI",
@@ -463,6 +541,21 @@ def _paired(a: np.ndarray, b: np.ndarray) -> str:
     d = a - b
     se = d.std(ddof=1) / np.sqrt(d.size) if d.size > 1 else float("nan")
     return f"{d.mean():+.3f} ± {se:.3f}"
+
+
+def _paired_row(
+    with_ref: list[dict[str, Any]], method: str, anchor: str, variant: str, n: int
+) -> list[str]:
+    """One row of the same-budget table: ``method`` − ``anchor`` per photo (empty if unrun)."""
+    rows = [r for r in with_ref if method in r["methods"]]
+    if not rows:
+        return []
+    gi, li = _column(rows, method, "insertion"), _column(rows, anchor, "insertion")
+    gd, ld = _column(rows, method, "deletion"), _column(rows, anchor, "deletion")
+    return [
+        f"| {variant} | {n} | {len(rows)} | {_paired(gi, li)} | {int((gi > li).sum())}/"
+        f"{len(rows)} | {_paired(gd, ld)} | {int((gd < ld).sum())}/{len(rows)} |"
+    ]
 
 
 def _column(rows: list[dict[str, Any]], method: str, key: str) -> np.ndarray:
@@ -502,23 +595,13 @@ def model_table(model_name: str, results: dict[str, Any]) -> list[str]:
         "",
         "SeCamLime against LIME at the same budget (per-photo differences, mean ± SE):",
         "",
-        "| budget | photos | Δinsertion (SeCamLime − LIME) | photos better | "
-        "Δdeletion (SeCamLime − LIME) | photos better |",
-        "|---|---|---|---|---|---|",
+        "| method | budget | photos | Δinsertion (− LIME) | photos better | "
+        "Δdeletion (− LIME) | photos better |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for n in GUIDED_BUDGETS:
-        rows = [r for r in with_ref if f"SeCamLime-{n}" in r["methods"]]
-        if not rows:
-            continue
-        gi, li = (
-            _column(rows, f"SeCamLime-{n}", "insertion"),
-            _column(rows, f"LIME-{n}", "insertion"),
-        )
-        gd, ld = _column(rows, f"SeCamLime-{n}", "deletion"), _column(rows, f"LIME-{n}", "deletion")
-        lines.append(
-            f"| {n} | {len(rows)} | {_paired(gi, li)} | {int((gi > li).sum())}/{len(rows)} | "
-            f"{_paired(gd, ld)} | {int((gd < ld).sum())}/{len(rows)} |"
-        )
+    for variant in GUIDED_VARIANTS:
+        for n in GUIDED_BUDGETS:
+            lines += _paired_row(with_ref, f"{variant}-{n}", f"LIME-{n}", variant, n)
     rows = [r for r in with_ref if "XRAI" in r["methods"] and "SeCam" in r["methods"]]
     if rows:
         si, xi = _column(rows, "SeCam", "insertion"), _column(rows, "XRAI", "insertion")
@@ -551,7 +634,10 @@ def cmd_table(args: argparse.Namespace) -> None:
         f"{IMAGE_SIZE} input, one CPU thread. LIME-n = Captum `Lime` (weighted ridge α = 1, "
         f"cosine kernel 0.25) on the first n of one seeded 1000-sample run; XRAI = "
         f"`saliency.core.XRAI` on the same superpixels, IG with {XRAI_STEPS} steps from the "
-        "black and the white image.",
+        "black and the white image. SeCamLime = default settings (flip probability 0.4) with "
+        "`_bn1` as the prior layer; SeCamLime-fused adds the last block at 14×14 to the prior. "
+        "Wall times come from runs under different loads: compare "
+        "`secam_budget_timing_lite0.md`, where every method was timed in one run.",
         "",
     ]
     for model_name in ("lite0", "lite1"):
@@ -584,9 +670,19 @@ def main() -> None:
     p_tune = sub.add_parser("tune", help="SeCamLime settings on non-benchmark crops")
     p_tune.add_argument("--configs", default='{"n_rounds": 2}')
     p_tune.add_argument("--photos", default="0:4")
+    p_time = sub.add_parser("timing", help="time every method afresh in one run")
+    p_time.add_argument("--model", default="lite0", choices=("lite0", "lite1"))
+    p_time.add_argument("--photos", default="0:3")
     sub.add_parser("table", help="write results/secam_budget.md from the cached results")
     args = parser.parse_args()
-    {"lime": cmd_lime, "run": cmd_run, "tune": cmd_tune, "table": cmd_table}[args.cmd](args)
+    commands = {
+        "lime": cmd_lime,
+        "run": cmd_run,
+        "tune": cmd_tune,
+        "timing": cmd_timing,
+        "table": cmd_table,
+    }
+    commands[args.cmd](args)
 
 
 if __name__ == "__main__":

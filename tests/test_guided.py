@@ -293,3 +293,70 @@ def test_validation_of_inputs_and_layer(model: GapLinearNet, x: Tensor) -> None:
         )
     with pytest.raises(ValueError, match="not part of the model"):
         SeCamLime(model, GapLinearNet().features_out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Several prior layers (a fused CAM prior)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_two_prior_layers_shrink_toward_the_fused_secam_scores(model: GapLinearNet) -> None:
+    """With a huge fixed penalty δ ≈ 0, so the scores are c·(s₁/max|s₁| + s₂/max|s₂|)."""
+    from captum_secam import SeCam
+
+    torch.manual_seed(4)
+    x = torch.randn(2, 3, 16, 16)
+    layers = [model.features_out, model.relu1]
+    ours = explain(model, x, ridge_alpha=1e12, n_samples=30)
+    fused = SeCamLime(model, layers).attribute(
+        x, target=1, feature_mask=MASK, n_samples=30, return_input_shape=False, ridge_alpha=1e12
+    )
+    per_layer = [
+        SeCam(model, layer).attribute(x, target=1, feature_mask=MASK, return_input_shape=False)
+        for layer in layers
+    ]
+    reference = sum(s / s.abs().amax(dim=1, keepdim=True) for s in per_layer)
+    for row, ref in zip(fused, reference, strict=True):
+        ratio = row.double() / ref.double()
+        torch.testing.assert_close(ratio, ratio[:1].expand_as(ratio), rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(
+        fused / fused.norm(dim=1, keepdim=True), ours / ours.norm(dim=1, keepdim=True)
+    )
+
+
+@FAST
+@given(n_samples=st.integers(5, 40), n=st.integers(1, 3))
+def test_budget_counts_one_secam_pass_per_prior_layer(n_samples: int, n: int) -> None:
+    torch.manual_seed(0)
+    inner = GapLinearNet().eval()
+    counting = Counting(inner)
+    x = torch.randn(n, 3, 16, 16)
+    SeCamLime(counting, [inner.features_out, inner.relu1]).attribute(  # type: ignore[arg-type]
+        x, target=0, feature_mask=MASK, n_samples=n_samples, return_input_shape=False
+    )
+    assert counting.images == n * n_samples
+
+
+@pytest.mark.parametrize(
+    ("layers", "error", "match"),
+    [
+        ([], ValueError, "layer is an empty list"),
+        (["features_out", "features_out"], ValueError, "same module twice"),
+        (["features_out", None], TypeError, "layer must be an nn.Module"),
+    ],
+)
+def test_validation_of_prior_layers(
+    model: GapLinearNet, layers: list, error: type, match: str
+) -> None:
+    resolved = [getattr(model, name) if isinstance(name, str) else name for name in layers]
+    with pytest.raises(error, match=match):
+        SeCamLime(model, resolved)
+    with pytest.raises(ValueError, match="not part of the model"):
+        SeCamLime(model, [model.features_out, GapLinearNet().relu1])
+
+
+def test_two_prior_layers_need_one_more_pass(model: GapLinearNet, x: Tensor) -> None:
+    explainer = SeCamLime(model, [model.features_out, model.relu1])
+    assert explainer.overhead_passes == 3
+    with pytest.raises(ValueError, match="n_samples >= 5"):
+        explainer.attribute(x, target=1, feature_mask=MASK, n_samples=4)

@@ -5,7 +5,8 @@ passes to rank them well. :class:`SeCamLime` spends an explicit budget of forwar
 LIME-style linear surrogate whose *sampling* and whose *fit* both start from SeCam's scores:
 
 * **Guided sampler.** A perturbation keeps (or removes) the ``L`` best-ranked segments for a
-  random ``L`` and then flips every segment independently with probability ``p``. The ranking
+  random ``L`` and then flips every segment independently with probability ``p`` (0.4 by
+  default: a top segment is kept in 60 % of the "keep" masks). The ranking
   is SeCam's in the first round and the current surrogate's in the next ones. These masks lie
   between the gray image and the full image along the explanation's own ranking — where an
   explanation is used — instead of LIME's half-on Bernoulli masks.
@@ -24,7 +25,7 @@ it is a regression on random masks, judged afterwards by whatever metric the use
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -52,8 +53,8 @@ from captum_secam.segmentation import (
 __all__ = ["SeCamLime", "fit_prior_ridge", "guided_masks"]
 
 # Forward passes per image that are not perturbations: the unperturbed image (targets, and
-# the all-on sample of the fit) and SeCam's own forward pass.
-_OVERHEAD_PASSES = 2
+# the all-on sample of the fit), plus one inside SeCam per prior layer.
+_UNPERTURBED_PASSES = 1
 _MAX_AUTO_ROUNDS = 3
 _LINKS = frozenset({"identity", "log"})
 _LOG_FLOOR = 1e-30
@@ -86,21 +87,30 @@ class SeCamLime(PerturbationAttribution):
     at tiny budgets. No importance weights correct the biased sampling: the target is the
     effect of segments on these masks, not LIME's average over half-on masks.
 
-    **Budget.** ``n_samples`` counts every forward pass per image: one of the unperturbed
-    image, one inside SeCam, and ``n_samples − 2`` perturbed images. SeCam also runs one
-    backward pass to ``layer`` (not to the input); no other gradient is computed.
+    **Prior layers.** ``layer`` may list several modules; the prior is then the fused map
+    :math:`s = \sum_l s_l / \max_j |s_{l,j}|`, each layer's SeCam scores scaled to a largest
+    magnitude of 1 per image so that no layer dominates by its activation scale. A coarse,
+    class-specific layer plus one block at twice its resolution (on EfficientNet-Lite,
+    ``[model._bn1, model._blocks[10]]``) gave the better prior on the tuning crops: its ranking
+    of the mid-ranked segments is finer, which is what the guided masks follow.
 
-    **Measured** (docs/faithfulness.md, "Result 4"; EfficientNet-Lite0/1, 13/10 real photos):
-    at 300 passes it matches LIME-1000 (insertion 0.96× / 1.04×, deletion better); at 30–100
-    passes it has LIME's insertion at the same budget (slightly lower) and better deletion; it
-    does not reach LIME-1000's insertion at 100 passes (0.83× / 0.84×).
+    **Budget.** ``n_samples`` counts every forward pass per image: one of the unperturbed
+    image, one inside SeCam per prior layer, and the rest perturbed images. SeCam also runs one
+    backward pass per prior layer (not to the input); no other gradient is computed.
+
+    **Measured** (docs/faithfulness.md, "Result 4"; EfficientNet-Lite0/1, 20 real photos,
+    insertion as a fraction of LIME-1000's): at 100 passes 0.87× / 0.92× (one prior layer) and
+    0.89× / 0.94× (fused, two layers), ahead of LIME-100 (0.84× / 0.90×) with equal or better
+    deletion; at 300 passes 0.95–1.00×, LIME-300's level; at 30 passes LIME-30's insertion and
+    better deletion. It does not reach LIME-1000's insertion at 100 passes.
 
     Args:
         forward_func: The model or any function returning N×classes scores. The surrogate
             explains exactly these outputs (wrap the model in a softmax to explain
             probabilities).
         layer: The layer SeCam reads its class activation map from (e.g. the last
-            convolutional block).
+            convolutional block), or a list of layers whose SeCam scores are fused into the
+            prior (see "Prior layers").
         device_ids: Device ids for ``DataParallel`` models (as in Captum).
 
     Example:
@@ -121,13 +131,18 @@ class SeCamLime(PerturbationAttribution):
     def __init__(
         self,
         forward_func: Callable[..., Any],
-        layer: nn.Module,
+        layer: nn.Module | Sequence[nn.Module],
         device_ids: list[int] | None = None,
     ) -> None:
-        check_layer_in_model(forward_func, layer)
+        self.prior_layers = _check_layers(forward_func, layer)
         PerturbationAttribution.__init__(self, forward_func)
         self.layer = layer
         self.device_ids = device_ids
+
+    @property
+    def overhead_passes(self) -> int:
+        """Forward passes per image besides the perturbations: 1 + one per prior layer."""
+        return _UNPERTURBED_PASSES + len(self.prior_layers)
 
     @log_usage()
     def attribute(
@@ -141,7 +156,7 @@ class SeCamLime(PerturbationAttribution):
         perturbations_per_eval: int = 4,
         return_input_shape: bool = True,
         seed: int = 0,
-        flip_probability: float = 0.2,
+        flip_probability: float = 0.4,
         n_rounds: int | None = None,
         ridge_alpha: float | None = None,
         segmentation: dict[str, Any] | None = None,
@@ -164,7 +179,8 @@ class SeCamLime(PerturbationAttribution):
             baselines: Value of a switched-off segment, as in Captum ``Lime``: ``None`` (0),
                 a number, or a tensor broadcastable to one image or to the batch (a tuple
                 with one entry per input for tuple inputs).
-            n_samples: Forward passes per image, all included (see the class docs); ``>= 4``.
+            n_samples: Forward passes per image, all included (see the class docs); at least
+                4 (one prior layer) or 3 + the number of prior layers.
             perturbations_per_eval: Perturbed images per model call (speed vs. memory).
             return_input_shape: ``True``: the scores broadcast onto each segment, shaped like
                 each input. ``False``: N×K per-segment scores (padded with 0 past an image's
@@ -195,7 +211,9 @@ class SeCamLime(PerturbationAttribution):
         """
         is_tuple = isinstance(inputs, tuple)
         input_tuple = _check_inputs(inputs)
-        _check_settings(n_samples, perturbations_per_eval, flip_probability, n_rounds)
+        _check_settings(
+            n_samples, perturbations_per_eval, flip_probability, n_rounds, self.overhead_passes
+        )
         if ridge_alpha is not None and not (
             isinstance(ridge_alpha, (int, float)) and 0.0 < float(ridge_alpha) < math.inf
         ):
@@ -214,14 +232,8 @@ class SeCamLime(PerturbationAttribution):
         with torch.no_grad():
             full = check_classifier_output(self.forward_func(*input_tuple, *(extra or ())), n)
         targets = resolve_targets(target, n, full.shape[1], full).to(first.device)
-        prior = SeCam(self.forward_func, self.layer, self.device_ids).attribute(
-            first if not is_tuple else input_tuple,
-            target=targets,
-            additional_forward_args=additional_forward_args,
-            feature_mask=mask,
-            return_input_shape=False,
-        )
-        assert isinstance(prior, Tensor)
+        explained = input_tuple if is_tuple else first
+        prior = self._prior(explained, targets, additional_forward_args, mask)
         counts = segment_counts(mask)
         rows = []
         for i in range(n):
@@ -239,7 +251,7 @@ class SeCamLime(PerturbationAttribution):
                 self._explain_one(
                     image,
                     prior[i, :k].double().cpu(),
-                    n_samples - _OVERHEAD_PASSES,
+                    n_samples - self.overhead_passes,
                     perturbations_per_eval,
                     seed,
                     flip_probability,
@@ -260,6 +272,25 @@ class SeCamLime(PerturbationAttribution):
         return outputs if is_tuple else outputs[0]
 
     # ----------------------------------------------------------------------------------------
+
+    def _prior(self, inputs: Any, targets: Tensor, extra: Any, mask: Tensor) -> Tensor:
+        """SeCam's N×K segment scores; for several layers, the sum of rows scaled to max |s| = 1."""
+        rows = []
+        for layer in self.prior_layers:
+            scores = SeCam(self.forward_func, layer, self.device_ids).attribute(
+                inputs,
+                target=targets,
+                additional_forward_args=extra,
+                feature_mask=mask,
+                return_input_shape=False,
+            )
+            assert isinstance(scores, Tensor)
+            rows.append(scores)
+        if len(rows) == 1:
+            return rows[0]
+        # Layers differ in scale by orders of magnitude; unit max-abs per image weighs them equally.
+        scaled = [r / r.abs().amax(dim=1, keepdim=True).clamp_min(1e-30) for r in rows]
+        return torch.stack(scaled).sum(dim=0)
 
     def _mask_for(
         self,
@@ -461,18 +492,30 @@ def _check_inputs(inputs: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, ...]:
     return input_tuple
 
 
-def _check_settings(n_samples: Any, per_eval: Any, flip: Any, n_rounds: Any) -> None:
+def _check_layers(forward_func: Any, layer: Any) -> tuple[nn.Module, ...]:
+    """The prior layers as a non-empty tuple of distinct modules of the model."""
+    layers = tuple(layer) if isinstance(layer, (list, tuple)) else (layer,)
+    if not layers:
+        raise ValueError("layer is an empty list; pass a module or a list of modules")
+    for item in layers:
+        check_layer_in_model(forward_func, item)
+    if len({id(item) for item in layers}) != len(layers):
+        raise ValueError("layer lists the same module twice; pass each prior layer once")
+    return layers
+
+
+def _check_settings(n_samples: Any, per_eval: Any, flip: Any, n_rounds: Any, overhead: int) -> None:
     named = [("n_samples", n_samples), ("perturbations_per_eval", per_eval)]
     if n_rounds is not None:
         named.append(("n_rounds", n_rounds))
     for name, value in named:
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if n_samples < _OVERHEAD_PASSES + 2:
+    if n_samples < overhead + 2:
         raise ValueError(
             f"n_samples={n_samples} is too small: it counts every forward pass per image "
-            f"(1 unperturbed + 1 inside SeCam + the perturbations); pass n_samples >= "
-            f"{_OVERHEAD_PASSES + 2}, or use SeCam alone for a 1-pass explanation"
+            f"(1 unperturbed + {overhead - 1} inside SeCam + the perturbations); pass "
+            f"n_samples >= {overhead + 2}, or use SeCam alone for a 1-pass explanation"
         )
     if per_eval < 1:
         raise ValueError(f"perturbations_per_eval must be >= 1, got {per_eval}")
