@@ -473,20 +473,20 @@ def cmd_timing(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     model = load_lite(args.model)
     prob = Probability(model).eval()
-    methods: dict[str, Any] = {"SeCam": lambda s: run_secam(prob, model, s)["seconds"]}
-    for n in LIME_BUDGETS:
-        methods[f"LIME-{n}"] = lambda s, n=n: run_lime(prob, s, n)[1]
-    for variant in GUIDED_VARIANTS:
-        for n in GUIDED_BUDGETS:
-            methods[f"{variant}-{n}"] = lambda s, n=n, v=variant: run_guided(prob, model, s, n, v)[
-                "seconds"
-            ]
-    methods["XRAI"] = lambda s: run_xrai(prob, s)["seconds"]
-    seconds: dict[str, list[float]] = {label: [] for label in methods}
+    labels = [
+        "SeCam",
+        *(f"LIME-{n}" for n in LIME_BUDGETS),
+        *(f"{v}-{n}" for v in GUIDED_VARIANTS for n in GUIDED_BUDGETS),
+        "XRAI",
+    ]
+    seconds: dict[str, list[float]] = {label: [] for label in labels}
     for name, photo in load_benchmark_photos(20)[_photo_slice(args.photos)]:
         sample = prepare(model, name, photo, IMAGE_SIZE)
-        for label, timed in methods.items():
-            seconds[label].append(float(timed(sample)))
+        methods = photo_methods(prob, model, args.model, sample)
+        for n in LIME_BUDGETS:  # a fresh run, not the cached LIME-1000 prefixes
+            methods[f"LIME-{n}"] = lambda n=n, s=sample: {"seconds": run_lime(prob, s, n)[1]}
+        for label in labels:
+            seconds[label].append(float(methods[label]()["seconds"]))
             print(f"{name} {label}: {seconds[label][-1]:.2f}s", flush=True)
     reference = float(np.median(seconds["LIME-1000"]))
     lines = [
@@ -543,10 +543,9 @@ def _paired(a: np.ndarray, b: np.ndarray) -> str:
     return f"{d.mean():+.3f} ± {se:.3f}"
 
 
-def _paired_row(
-    with_ref: list[dict[str, Any]], method: str, anchor: str, variant: str, n: int
-) -> list[str]:
-    """One row of the same-budget table: ``method`` − ``anchor`` per photo (empty if unrun)."""
+def _paired_row(with_ref: list[dict[str, Any]], variant: str, n: int) -> list[str]:
+    """One row of the same-budget table: ``variant``-n − LIME-n per photo (empty if unrun)."""
+    method, anchor = f"{variant}-{n}", f"LIME-{n}"
     rows = [r for r in with_ref if method in r["methods"]]
     if not rows:
         return []
@@ -601,7 +600,7 @@ def model_table(model_name: str, results: dict[str, Any]) -> list[str]:
     ]
     for variant in GUIDED_VARIANTS:
         for n in GUIDED_BUDGETS:
-            lines += _paired_row(with_ref, f"{variant}-{n}", f"LIME-{n}", variant, n)
+            lines += _paired_row(with_ref, variant, n)
     rows = [r for r in with_ref if "XRAI" in r["methods"] and "SeCam" in r["methods"]]
     if rows:
         si, xi = _column(rows, "SeCam", "insertion"), _column(rows, "XRAI", "insertion")
